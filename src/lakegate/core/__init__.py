@@ -1,0 +1,1 @@
+"""Shared value types: batch envelope, dead-letter records, errors, configuration models."""

@@ -1,0 +1,1 @@
+"""Connectors: each turns an external system into SourceBatches with resumable positions."""
