@@ -1,0 +1,1 @@
+"""Reading lakegate's tables back: DuckDB over the Iceberg metadata, an independent reader."""

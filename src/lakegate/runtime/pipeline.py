@@ -1,0 +1,293 @@
+"""The embedded runtime: pull from sources, run the stages, cut checkpoints, recover after a crash."""
+
+from __future__ import annotations
+
+import base64
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lakegate.core.config import PipelineSpec, load_spec
+from lakegate.core.errors import ReconciliationError, StageError
+from lakegate.normalize.stage import NormalizedBatch, Normalizer
+from lakegate.runtime.checkpoint import Counts, OpenCheckpoint, finish_pending, run_protocol
+from lakegate.runtime.state import CheckpointRecord, StateStore
+from lakegate.sinks.catalog import open_catalog
+from lakegate.sinks.commit import delete_stray_files
+from lakegate.sinks.tables import Granularity, TableManager
+from lakegate.sources.base import Source
+from lakegate.sources.files import FileSource
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Progress:
+    """What a progress line shows; handed to the ``on_progress`` callback about once a second."""
+
+    records_read: int
+    rows_landed: int
+    dead_lettered: int
+    rows_per_s: float
+    last_checkpoint: int
+    elapsed_s: float
+
+
+@dataclass
+class RunSummary:
+    """Totals of one ``run`` and the reconciliation that must hold for them."""
+
+    pipeline: str
+    counts: Counts = field(default_factory=Counts)
+    checkpoints: int = 0
+    last_checkpoint: int = 0
+    recovered_checkpoint: int | None = None
+    elapsed_s: float = 0.0
+    tables: dict[str, int] = field(default_factory=dict)
+    """Rows landed per table in this run (children included)."""
+
+    @property
+    def reconciled(self) -> bool:
+        c = self.counts
+        return c.records_read == c.rows_landed + c.dead_lettered
+
+    def render(self) -> str:
+        c = self.counts
+        rate = c.records_read / self.elapsed_s if self.elapsed_s else 0.0
+        lines = [
+            f"pipeline {self.pipeline}: {self.checkpoints} checkpoint(s), last #{self.last_checkpoint},"
+            f" {self.elapsed_s:.1f}s ({rate:,.0f} records/s)",
+            f"  records read        {c.records_read:>12,}",
+            f"  rows landed         {c.rows_landed:>12,}",
+            f"  dead-lettered       {c.dead_lettered:>12,}",
+            f"  child rows landed   {c.child_rows:>12,}",
+            f"  late rows (labeled) {c.late_rows:>12,}",
+            f"  reconciled: read = landed + dead-lettered -> "
+            f"{c.records_read:,} = {c.rows_landed:,} + {c.dead_lettered:,}"
+            f" {'OK' if self.reconciled else 'MISMATCH'}",
+        ]
+        for table, rows in sorted(self.tables.items()):
+            lines.append(f"  table {table:<32} +{rows:,} rows")
+        return "\n".join(lines)
+
+
+def build_sources(spec: PipelineSpec) -> list[Source]:
+    """One connector per spec entry."""
+    return [FileSource(s, max_payload_bytes=spec.dead_letter.max_payload_bytes) for s in spec.sources]
+
+
+class Pipeline:
+    """A pipeline spec brought to life: sources -> normalize -> Iceberg tables + dead letters.
+
+    Example:
+        >>> Pipeline.from_yaml("orders.yaml").run(until_idle=True)  # doctest: +SKIP
+    """
+
+    IDLE_SLEEP_S = 0.2
+
+    def __init__(self, spec: PipelineSpec) -> None:
+        self.spec = spec
+        self.catalog = open_catalog(spec.catalog, spec.data_dir)
+        self.tables = TableManager(self.catalog, spec.namespace)
+        self.state = StateStore(spec.state_dir)
+        self.sources = build_sources(spec)
+        self._source_tables = {s.name: spec.table_of(s) for s in spec.sources}
+        self.normalizers: dict[str, Normalizer] = {
+            table: Normalizer(table, spec.table_spec(table), spec.dead_letter.max_payload_bytes)
+            for table in sorted(set(self._source_tables.values()))
+        }
+        self.known_tables: list[str] = []
+        self.last_checkpoint = 0
+        self._positions: dict[str, Any] = {}
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> Pipeline:
+        """Raises: ConfigError naming the file and field when the spec is invalid."""
+        return cls(load_spec(path))
+
+    # -- recovery ---------------------------------------------------------------------------------
+
+    def recover(self) -> int | None:
+        """Finish a half-committed checkpoint, clean stray files, restore state and positions.
+
+        Returns the checkpoint id recovered from, or ``None`` on a first run.
+        """
+        record = self.state.latest()
+        if record is None:
+            for source in self.sources:
+                source.restore(None)
+            return None
+        if record.status == "pending":
+            log.warning("finishing checkpoint %d left pending by a crash", record.checkpoint_id)
+            finish_pending(record, state=self.state, tables=self.tables, pipeline=self.spec.pipeline,
+                           acknowledge=lambda: self._acknowledge(record))
+        for name in record.tables:
+            table = self.tables.get(name)
+            if table is not None:
+                removed = delete_stray_files(table, self.spec.pipeline, record.checkpoint_id)
+                if removed:
+                    log.warning("removed %d data file(s) of an unfinished checkpoint in %s", len(removed), name)
+        self._restore(record)
+        return record.checkpoint_id
+
+    def _restore(self, record: CheckpointRecord) -> None:
+        self.last_checkpoint = record.checkpoint_id
+        self.known_tables = list(record.tables)
+        for name, encoded in record.operator_state.items():
+            if name in self.normalizers:
+                self.normalizers[name].restore(base64.b64decode(encoded))
+        self._positions = dict(record.source_positions)
+        for source in self.sources:
+            source.restore(record.source_positions.get(source.name))
+
+    def _acknowledge(self, record: CheckpointRecord) -> None:
+        for source in self.sources:
+            position = record.source_positions.get(source.name)
+            if position is not None:
+                source.acknowledge(position)
+
+    # -- the loop ---------------------------------------------------------------------------------
+
+    def _open_checkpoint(self) -> OpenCheckpoint:
+        return OpenCheckpoint(
+            checkpoint_id=self.last_checkpoint + 1,
+            pipeline=self.spec.pipeline,
+            tables=self.tables,
+            dead_letter_table=self.spec.dead_letter_table,
+            partitions=self._partition_of,
+        )
+
+    def _partition_of(self, table: str) -> Granularity | None:
+        base = table.split("__", 1)[0]
+        if table == self.spec.dead_letter_table or base not in self._source_tables.values():
+            return None
+        table_spec = self.spec.table_spec(base)
+        if table_spec.partition == "none" or (table_spec.partition == "auto" and table_spec.event_time is None):
+            return None
+        return "day" if table_spec.partition == "auto" else table_spec.partition
+
+    def _process(self, source: Source, checkpoint: OpenCheckpoint, summary: RunSummary) -> bool:
+        batch = source.poll()
+        if batch is None:
+            return False
+        table = self._source_tables[source.name]
+        try:
+            result: NormalizedBatch = self.normalizers[table].process(batch)
+        except Exception as err:
+            raise StageError("normalize", checkpoint.checkpoint_id, f"{type(err).__name__}: {err}") from err
+        counts = Counts(
+            records_read=result.records_read,
+            rows_landed=result.rows.num_rows,
+            dead_lettered=len(result.dead_letters),
+            child_rows=sum(t.num_rows for t in result.children.values()),
+            late_rows=result.late_rows,
+        )
+        counts.check(f"batch {batch.source_ref} (checkpoint {checkpoint.checkpoint_id})")
+        checkpoint.add_rows(table, result.rows)
+        for child, rows in result.children.items():
+            checkpoint.add_rows(child, rows)
+        for dead_letter in result.dead_letters.rows:
+            dead_letter["target_table"] = dead_letter["target_table"] or table
+        checkpoint.add_dead_letters(result.dead_letters)
+        checkpoint.counts.add(counts)
+        self._positions[source.name] = source.position()
+        for name, rows in [(table, result.rows.num_rows), *((c, t.num_rows) for c, t in result.children.items())]:
+            summary.tables[name] = summary.tables.get(name, 0) + rows
+        return True
+
+    def _checkpoint(self, checkpoint: OpenCheckpoint, summary: RunSummary) -> None:
+        record = run_protocol(
+            checkpoint,
+            state=self.state,
+            source_positions=self._positions,
+            operator_state={name: n.snapshot() for name, n in self.normalizers.items()},
+            known_tables=self.known_tables,
+            acknowledge=lambda: self._acknowledge_positions(),
+        )
+        self.known_tables = record.tables
+        self.last_checkpoint = record.checkpoint_id
+        summary.checkpoints += 1
+        summary.last_checkpoint = record.checkpoint_id
+        summary.counts.add(checkpoint.counts)
+
+    def _acknowledge_positions(self) -> None:
+        for source in self.sources:
+            if source.name in self._positions:
+                source.acknowledge(self._positions[source.name])
+
+    def run(
+        self,
+        until_idle: bool = True,
+        max_seconds: float | None = None,
+        on_progress: Callable[[Progress], None] | None = None,
+    ) -> RunSummary:
+        """Run until every source is drained and committed (``until_idle``) or ``max_seconds``.
+
+        Raises:
+            StageError: a stage failed on a batch (nothing of the open checkpoint is committed).
+            ReconciliationError: counts did not add up (a bug; nothing of that checkpoint lands).
+        """
+        started = time.monotonic()
+        summary = RunSummary(pipeline=self.spec.pipeline)
+        summary.recovered_checkpoint = self.recover()
+        summary.last_checkpoint = self.last_checkpoint
+        checkpoint = self._open_checkpoint()
+        opened_at = last_report = time.monotonic()
+        cp = self.spec.checkpoint
+        try:
+            while True:
+                progressed = False
+                for source in self.sources:
+                    progressed |= self._process(source, checkpoint, summary)
+                now = time.monotonic()
+                due = (
+                    now - opened_at >= cp.interval
+                    or checkpoint.counts.records_read >= cp.max_rows
+                    or checkpoint.input_bytes >= cp.max_bytes
+                )
+                idle = not progressed and all(s.is_idle() for s in self.sources)
+                if not checkpoint.empty and (due or idle):
+                    self._checkpoint(checkpoint, summary)
+                    checkpoint = self._open_checkpoint()
+                    opened_at = time.monotonic()
+                if on_progress and now - last_report >= 1.0:
+                    last_report = now
+                    on_progress(self._progress(summary, checkpoint, now - started))
+                if idle and checkpoint.empty and until_idle:
+                    break
+                if max_seconds is not None and now - started >= max_seconds:
+                    if not checkpoint.empty:
+                        self._checkpoint(checkpoint, summary)
+                    break
+                if not progressed:
+                    time.sleep(self.IDLE_SLEEP_S)
+        finally:
+            summary.elapsed_s = time.monotonic() - started
+        if not summary.reconciled:
+            raise ReconciliationError(summary.render())
+        return summary
+
+    def _progress(self, summary: RunSummary, checkpoint: OpenCheckpoint, elapsed: float) -> Progress:
+        read = summary.counts.records_read + checkpoint.counts.records_read
+        return Progress(
+            records_read=read,
+            rows_landed=summary.counts.rows_landed + checkpoint.counts.rows_landed,
+            dead_lettered=summary.counts.dead_lettered + checkpoint.counts.dead_lettered,
+            rows_per_s=read / elapsed if elapsed else 0.0,
+            last_checkpoint=self.last_checkpoint,
+            elapsed_s=elapsed,
+        )
+
+    def close(self) -> None:
+        for source in self.sources:
+            source.close()
+        self.state.close()
+
+    def __enter__(self) -> Pipeline:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,1 @@
+"""Iceberg output: catalogs, table management, data-file writers and the idempotent committer."""
