@@ -106,7 +106,7 @@ def generate_orders(
         lines: list[bytes] = []
         for _ in range(min(per_file, records - number)):
             number += 1
-            clock += timedelta(seconds=rng.uniform(0.5, 8))
+            clock += timedelta(seconds=rng.uniform(5, 55))
             when = clock
             roll = rng.random()
             is_late = roll < late_rate

@@ -2,14 +2,16 @@
 
 Nested objects become ``parent__child`` columns. Arrays of objects become child tables named
 ``f"{parent_table}__{field}"`` (recursively: grandchildren are ``f"{table}__{field}__{subfield}"``),
-built with ``list_flatten`` / ``list_parent_indices`` so no Python runs per row. Each child row keeps
+built with ``list_flatten`` / ``list_parent_indices`` so no Python runs per row. Maps, unions and
+arrays of arrays of objects become JSON text (built with Arrow string kernels too). Each child row keeps
 the index of its parent row, its index inside the parent's array and the index of its top-level
 record, which is all the stage needs for row keys, positions and record-level rejection.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from typing import Literal
 
 import numpy as np
@@ -39,8 +41,8 @@ class FlatTable:
 
     name: str
     num_rows: int
-    columns: dict[str, pa.Array] = field(default_factory=dict)
-    json_columns: set[str] = field(default_factory=set)
+    columns: dict[str, pa.Array] = dataclass_field(default_factory=dict)
+    json_columns: set[str] = dataclass_field(default_factory=set)
     parent: FlatTable | None = None
     field: str = ""
     parent_index: np.ndarray | None = None
@@ -118,6 +120,18 @@ def as_list(arr: pa.Array) -> pa.Array:
     return pc.cast(arr, pa.list_(arr.type.value_type))
 
 
+def list_values(lists: pa.Array) -> pa.Array:
+    """The values of the non-null lists, in order (``list_flatten``).
+
+    Lists of nulls are rebuilt from the lengths: pyarrow's JSON reader can return ``list<null>``
+    arrays whose child is shorter than their offsets say.
+    """
+    if pa.types.is_null(lists.type.value_type):
+        total = pc.sum(pc.list_value_length(lists)).as_py() or 0
+        return pa.nulls(total)
+    return pc.list_flatten(lists)
+
+
 def _scalar_nested(t: pa.DataType) -> bool:
     """A scalar, or lists of lists of scalars: what can stay a list column."""
     while is_list_type(t):
@@ -173,9 +187,12 @@ def _flatten_into(
 
 def _child_table(parent: FlatTable, field_name: str, arr: pa.Array) -> tuple[FlatTable, pa.Array]:
     """The elements of an array-of-objects column as the rows of a child table, and the elements."""
-    values = pc.list_flatten(arr)
-    parent_index = pc.list_parent_indices(arr).to_numpy().astype(np.int64, copy=False)
+    values = list_values(arr)
     lengths = pc.list_value_length(arr).fill_null(0).to_numpy().astype(np.int64, copy=False)
+    if pa.types.is_null(arr.type.value_type):  # see list_values: the child may be short
+        parent_index = np.repeat(np.arange(len(arr), dtype=np.int64), lengths)
+    else:
+        parent_index = pc.list_parent_indices(arr).to_numpy().astype(np.int64, copy=False)
     starts = np.cumsum(lengths) - lengths
     element_index = np.arange(len(values), dtype=np.int64) - np.repeat(starts, lengths)
     root_index = parent_index if parent.root_index is None else parent.root_index[parent_index]
@@ -250,14 +267,15 @@ def to_json(arr: pa.Array) -> pa.Array:
             joined = pc.binary_join_element_wise(*parts, "}", "")
         return pc.if_else(arr.is_valid(), joined, pa.scalar(None, pa.string()))
     if pa.types.is_map(t):
-        keys = pc.cast(pc.map_keys(arr).flatten(), pa.string())
-        items = pc.binary_join_element_wise(
-            _quote(keys), ":", to_json(pc.map_values(arr).flatten()).fill_null("null"), ""
-        )
-        return _join_list(arr, items, "{", "}")
+        entries = pa.StructArray.from_arrays([arr.keys, arr.items], names=["key", "value"])
+        lists = pa.ListArray.from_arrays(arr.offsets, entries, mask=arr.is_null())
+        key_values = pc.list_flatten(lists).flatten()  # the entries of the non-null maps
+        keys = _quote(pc.cast(key_values[0], pa.string()))
+        items = pc.binary_join_element_wise(keys, ":", to_json(key_values[1]).fill_null("null"), "")
+        return _join_list(lists, items, "{", "}")
     if is_list_type(t):
         lst = as_list(arr)
-        values = to_json(pc.list_flatten(lst)).fill_null("null")
+        values = to_json(list_values(lst)).fill_null("null")
         return _join_list(lst, values, "[", "]")
     # binary, unions, intervals...: rare; fall back to Python values
     texts = [

@@ -18,9 +18,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from lakegate.normalize.flatten import as_list, is_list_type, to_json
+from lakegate.normalize.event_time import TIMESTAMP, epoch_to_timestamp, localize
+from lakegate.normalize.flatten import as_list, is_list_type, list_values, to_json
 
-TIMESTAMP = pa.timestamp("us", tz="UTC")
 _NAIVE_US = pa.timestamp("us")
 _INT32 = (-(2**31), 2**31 - 1)
 _EMPTY = np.empty(0, dtype=np.int64)
@@ -46,6 +46,11 @@ _RE_DATE = r"^\d{4}-\d{2}-\d{2}$"
 _RE_ISO = r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?([Zz]|[+-]\d{2}(:?\d{2})?)?)?$"
 _RE_OFFSET = r"[T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?([Zz]|[+-]\d{2}(:?\d{2})?)$"
 _TRUE = pa.array(["true", "t", "yes", "y", "1"])
+DOMINANT_SHARE = 0.95
+"""A sample of text whose values do not all parse as one type still gets the type that at least this
+share of them parses as (the others are dead-lettered as misfits): a few ``"n/a"`` among numbers do
+not turn a numeric column into text forever."""
+DOMINANT_MIN_SAMPLE = 20
 _FALSE = pa.array(["false", "f", "no", "n", "0"])
 
 
@@ -84,16 +89,17 @@ def type_to_str(t: pa.DataType) -> str:
 
 
 def _is_str(t: pa.DataType) -> bool:
-    return bool(pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t))
+    return any(f(t) for f in (pa.types.is_string, pa.types.is_large_string, pa.types.is_string_view))
 
 
 def _is_bin(t: pa.DataType) -> bool:
-    return bool(
-        pa.types.is_binary(t)
-        or pa.types.is_large_binary(t)
-        or pa.types.is_fixed_size_binary(t)
-        or pa.types.is_binary_view(t)
+    kinds = (
+        pa.types.is_binary,
+        pa.types.is_large_binary,
+        pa.types.is_fixed_size_binary,
+        pa.types.is_binary_view,
     )
+    return any(f(t) for f in kinds)
 
 
 def _null(t: pa.DataType) -> pa.Scalar:
@@ -120,6 +126,14 @@ def _only(strings: pa.Array, pattern: str) -> pa.Array:
     return pc.if_else(pc.match_substring_regex(strings, pattern), strings, _null(strings.type))
 
 
+def _parse(strings: pa.Array, target: pa.DataType, pattern: str) -> pa.Array:
+    """Strings as ``target``: one cast when all parse, else per value (prefiltered by ``pattern``)."""
+    try:
+        return pc.cast(strings, target)
+    except pa.ArrowInvalid:
+        return _cast_or_null(_only(_clean(strings), pattern), target)
+
+
 def _cast_or_null(arr: pa.Array, target: pa.DataType, *, safe: bool = True) -> pa.Array:
     """``cast`` that turns the values Arrow rejects into nulls, isolating them by bisection."""
     try:
@@ -142,7 +156,9 @@ def infer(arr: pa.Array, *, zone: str = "UTC") -> pa.DataType | None:
 
     Strings are tried as int, float, boolean, date and timestamp, in that order, and each needs every
     non-blank value to parse; mixed samples take the wider type (ints and floats → double; anything
-    else mixed → string). Integers are int32 when every value fits.
+    else mixed → string). Integers are int32 when every value fits. In a sample of at least
+    ``DOMINANT_MIN_SAMPLE`` values where no type fits all, the type ``DOMINANT_SHARE`` of the values
+    parse as wins, and the few others become misfits.
     """
     t = arr.type
     if pa.types.is_dictionary(t):
@@ -150,7 +166,7 @@ def infer(arr: pa.Array, *, zone: str = "UTC") -> pa.DataType | None:
     if arr.null_count == len(arr):
         return None
     if is_list_type(t):
-        inner = infer(pc.list_flatten(arr), zone=zone)
+        inner = infer(list_values(arr), zone=zone)
         return None if inner is None else pa.list_(inner)
     if pa.types.is_integer(t):
         return _int_width(arr)
@@ -185,25 +201,111 @@ def _canonical(t: pa.DataType) -> pa.DataType:
 
 
 def _infer_strings(arr: pa.Array, zone: str) -> pa.DataType | None:
-    s = _clean(arr)
-    if s.null_count == len(s):
+    strings = pc.cast(arr, pa.string())
+    start = 0
+    if len(strings) - strings.null_count > 256:
+        # the head's type is a lower bound of the sample's: skip the narrower tries (a failing cast
+        # is slow in Arrow) and stop at once when the head is already plain text
+        head = _clean(strings.slice(0, 1024).drop_null().slice(0, 256)).drop_null()
+        if len(head):
+            start = _LADDER.index(_rung(_infer_clean(head, zone)))
+            if _LADDER[start] == "string":
+                return pa.string()
+    present = _clean(strings).drop_null()
+    if not len(present):
         return None
-    leading_zero = pc.match_substring_regex(s, r"^[+-]?0\d")
-    if not pc.any(leading_zero).as_py():  # "007" is an identifier, not the number 7
-        if _all(pc.match_substring_regex(s, _RE_INT)):
-            ints = _cast_or_null(pc.replace_substring_regex(s, r"^\+", ""), pa.int64())
-            if ints.null_count == s.null_count:
-                return _int_width(ints)
-        if _all(pc.match_substring_regex(s, _RE_FLOAT)):
-            return pa.float64()
-    if _all(pc.is_in(pc.utf8_lower(s), pa.array(["true", "false"]))):
+    return _infer_clean(present, zone, start)
+
+
+_LADDER = ("int", "float", "bool", "date", "timestamp", "string")
+_RUNGS = {
+    pa.int32(): "int",
+    pa.int64(): "int",
+    pa.float64(): "float",
+    pa.bool_(): "bool",
+    pa.date32(): "date",
+}
+
+
+def _rung(t: pa.DataType) -> str:
+    return _RUNGS.get(t, "timestamp" if t == TIMESTAMP else "string")
+
+
+def _any_prefix(strings: pa.Array, prefix: str, longer_than: int = 0) -> bool:
+    """Whether some string starts with ``prefix`` and is longer than ``longer_than`` bytes."""
+    starts = pc.starts_with(strings, prefix)
+    if longer_than:
+        starts = pc.and_(starts, pc.greater(pc.binary_length(strings), longer_than))
+    return bool(pc.any(starts).as_py())
+
+
+def _fits(strings: pa.Array, target: pa.DataType) -> bool:
+    try:
+        pc.cast(strings, target)
+    except pa.ArrowInvalid:
+        return False
+    return True
+
+
+def _infer_clean(s: pa.Array, zone: str, start: int = 0) -> pa.DataType:
+    """The type of trimmed, non-null strings (see :func:`infer`)."""
+    exact = _infer_exact(s, zone, start)
+    if exact != pa.string() or len(s) < DOMINANT_MIN_SAMPLE:
+        return exact
+    return _infer_dominant(s, zone, start)
+
+
+def _infer_exact(s: pa.Array, zone: str, start: int) -> pa.DataType:
+    """The narrowest type every value parses as: int, float, boolean, date, timestamp (from
+    ``_LADDER[start]`` on), else string."""
+    tries = _LADDER[start:]
+    if "int" in tries:
+        try:
+            plus = _any_prefix(s, "+")
+            ints: pa.Array | None = pc.cast(
+                pc.replace_substring_regex(s, r"^\+", "") if plus else s, pa.int64()
+            )
+        except pa.ArrowInvalid:
+            ints = None
+        if ints is not None:
+            # "007" and "0x1F" parse, but are identifiers: such a column stays text
+            padded = _any_prefix(s, "0", 1) or _any_prefix(s, "-0", 2) or _any_prefix(s, "+0", 2)
+            return pa.string() if padded else _int_width(ints)
+    if "float" in tries and _fits(s, pa.float64()):
+        if not any(pc.any(pc.match_substring(s, c)).as_py() for c in ".eEnN"):
+            return pa.string()  # integers beyond long: identifiers, not approximate doubles
+        return pa.float64()
+    if "bool" in tries and _all(pc.is_in(pc.utf8_lower(s), pa.array(["true", "false"]))):
         return pa.bool_()
-    if _all(pc.match_substring_regex(s, _RE_DATE)) and _cast_or_null(s, pa.date32()).null_count == s.null_count:
+    if "date" in tries and _all(pc.match_substring_regex(s, _RE_DATE)) and _fits(s, pa.date32()):
         return pa.date32()
-    if _all(pc.match_substring_regex(s, _RE_ISO)):
-        if _strings_to_timestamp(s, zone).null_count == s.null_count:
-            return TIMESTAMP
+    if _all(pc.match_substring_regex(s, _RE_ISO)) and _strings_to_timestamp(s, zone).null_count == 0:
+        return TIMESTAMP
     return pa.string()
+
+
+def _infer_dominant(s: pa.Array, zone: str, start: int) -> pa.DataType:
+    """When no type fits every value: the type most values parse as, if that is at least
+    ``DOMINANT_SHARE`` of them (ties go to the narrower type); its misfits are dead-lettered later."""
+    ints = _cast_or_null(_only(s, _RE_INT), pa.int64())
+    padded = pc.any(pc.match_substring_regex(s, r"^[+-]?0\d")).as_py()  # identifiers, not numbers
+    candidates: dict[str, pa.Array | None] = {
+        "int": None if padded else ints,
+        "float": None if padded else _parse(s, pa.float64(), _RE_FLOAT),
+        "bool": pc.if_else(pc.is_in(pc.utf8_lower(s), pa.array(["true", "false"])), True, _null(pa.bool_())),
+        "date": _parse(s, pa.date32(), _RE_DATE),
+        "timestamp": _strings_to_timestamp(s, zone),
+    }
+    best, best_count = "string", 0
+    for rung in _LADDER[start:-1]:
+        parsed = candidates[rung]
+        count = 0 if parsed is None else len(parsed) - parsed.null_count
+        if count > best_count:
+            best, best_count = rung, count
+    if best_count < DOMINANT_SHARE * len(s):
+        return pa.string()
+    types = {"float": pa.float64(), "bool": pa.bool_(), "date": pa.date32(), "timestamp": TIMESTAMP}
+    return _int_width(ints) if best == "int" else types[best]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -260,7 +362,7 @@ def _coerce_list(arr: pa.Array, target: pa.DataType, zone: str, epoch: bool) -> 
     if not is_list_type(arr.type):
         return Coercion(pa.nulls(len(arr), target), target, np.flatnonzero(_mask(arr.is_valid())))
     lists = as_list(arr)
-    inner = coerce(pc.list_flatten(lists), target.value_type, zone=zone, epoch=epoch)
+    inner = coerce(list_values(lists), target.value_type, zone=zone, epoch=epoch)
     lengths = pc.list_value_length(lists).fill_null(0).to_numpy().astype(np.int32, copy=False)
     offsets = np.zeros(len(lengths) + 1, dtype=np.int32)
     np.cumsum(lengths, out=offsets[1:])
@@ -268,8 +370,8 @@ def _coerce_list(arr: pa.Array, target: pa.DataType, zone: str, epoch: bool) -> 
     out = pa.ListArray.from_arrays(pa.array(offsets), inner.array, type=final, mask=lists.is_null())
     bad = _EMPTY
     if len(inner.bad):
-        parents = pc.list_parent_indices(lists).to_numpy()
-        bad = np.unique(parents[inner.bad]).astype(np.int64)
+        parents = np.repeat(np.arange(len(lists), dtype=np.int64), lengths)
+        bad = np.unique(parents[inner.bad])
     return Coercion(out, final, bad)
 
 
@@ -347,7 +449,7 @@ def _to_int64(arr: pa.Array) -> pa.Array:
     t = arr.type
     if pa.types.is_integer(t):
         if t == pa.uint64():
-            arr = pc.if_else(pc.greater(arr, 2**63 - 1), _null(t), arr)
+            arr = pc.if_else(pc.greater(arr, pa.scalar(2**63 - 1, t)), _null(t), arr)
         return pc.cast(arr, pa.int64())
     if pa.types.is_floating(t):
         return _integral_floats(pc.cast(arr, pa.float64()))
@@ -375,10 +477,7 @@ def _to_float64(arr: pa.Array) -> pa.Array:
     if pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t):
         return pc.cast(arr, pa.float64(), safe=False)
     if _is_str(t):
-        try:
-            return pc.cast(arr, pa.float64())
-        except pa.ArrowInvalid:
-            return _cast_or_null(_only(_clean(arr), _RE_FLOAT), pa.float64())
+        return _parse(arr, pa.float64(), _RE_FLOAT)
     return pa.nulls(len(arr), pa.float64())
 
 
@@ -394,10 +493,7 @@ def _to_decimal(arr: pa.Array, target: pa.DataType) -> tuple[pa.Array, pa.DataTy
         exact = pc.equal(pc.cast(dec, pa.float64()), finite)  # 12.345 into scale 2 is not exact
         dec = pc.if_else(exact, dec, _null(wide))
     elif _is_str(t):
-        try:
-            dec = pc.cast(arr, wide)
-        except pa.ArrowInvalid:
-            dec = _cast_or_null(_only(_clean(arr), _RE_DECIMAL), wide)
+        dec = _parse(arr, wide, _RE_DECIMAL)
     else:
         return pa.nulls(len(arr), target), target
     bounds = pc.min_max(dec).as_py()
@@ -419,20 +515,8 @@ def _to_date(arr: pa.Array) -> pa.Array:
         midnight = pc.equal(pc.cast(days, t), arr)
         return pc.if_else(midnight, days, _null(pa.date32()))
     if _is_str(t):
-        try:
-            return pc.cast(arr, pa.date32())
-        except pa.ArrowInvalid:
-            return _cast_or_null(_only(_clean(arr), _RE_DATE), pa.date32())
+        return _parse(arr, pa.date32(), _RE_DATE)
     return pa.nulls(len(arr), pa.date32())
-
-
-def localize(naive: pa.Array, zone: str) -> pa.Array:
-    """Naive timestamps read as wall-clock time in ``zone``, as timestamp[us, UTC]."""
-    naive = pc.cast(naive, _NAIVE_US, safe=False)
-    if zone == "UTC":
-        return pc.cast(naive, TIMESTAMP)
-    aware = pc.assume_timezone(naive, zone, ambiguous="earliest", nonexistent="earliest")
-    return pc.cast(aware, TIMESTAMP)
 
 
 def _strings_to_timestamp(s: pa.Array, zone: str) -> pa.Array:
@@ -451,24 +535,6 @@ def _strings_to_timestamp(s: pa.Array, zone: str) -> pa.Array:
     aware = _cast_or_null(pc.if_else(has_offset, s, _null(pa.string())), TIMESTAMP)
     naive = _cast_or_null(pc.if_else(has_offset, _null(pa.string()), s), _NAIVE_US)
     return pc.coalesce(aware, localize(naive, zone))
-
-
-def epoch_to_timestamp(arr: pa.Array) -> pa.Array:
-    """Epoch numbers as timestamp[us, UTC]: seconds, ms, us or ns chosen by each value's magnitude."""
-    valid = _mask(arr.is_valid())
-    if pa.types.is_integer(arr.type):
-        v = pc.cast(arr, pa.int64(), safe=False).fill_null(0).to_numpy()
-        a = np.abs(v)
-        us = np.where(a < 10**11, v * 1_000_000, np.where(a < 10**14, v * 1000, np.where(a < 10**17, v, v // 1000)))
-    else:
-        f = pc.cast(arr, pa.float64(), safe=False).fill_null(0.0).to_numpy()
-        valid &= np.isfinite(f)
-        f = np.where(valid, f, 0.0)
-        a = np.abs(f)
-        scaled = np.where(a < 1e11, f * 1e6, np.where(a < 1e14, f * 1e3, np.where(a < 1e17, f, f / 1e3)))
-        valid &= np.abs(scaled) < 2.0**63
-        us = np.round(np.where(valid, scaled, 0.0)).astype(np.int64)
-    return pa.array(us, type=TIMESTAMP, mask=~valid)
 
 
 def _to_timestamp(arr: pa.Array, zone: str, epoch: bool) -> pa.Array:
