@@ -24,13 +24,28 @@ def test_minimal_spec_gets_defaults_and_resolves_paths(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("body", "expected"),
     [
-        ("pipeline: p\nsources:\n  - name: s\n    path: d\n    format: xml\n", "sources.0.format: Input should be 'ndjson'"),
-        ("pipeline: p\nsources:\n  - name: s\n    path: d\n    colour: red\n", "sources.0.colour: unknown field"),
+        (
+            "pipeline: p\nsources:\n  - name: s\n    path: d\n    format: xml\n",
+            "sources.0.format: Input should be 'ndjson'",
+        ),
+        (
+            "pipeline: p\nsources:\n  - name: s\n    path: d\n    colour: red\n",
+            "sources.0.colour: unknown field",
+        ),
         ("pipeline: p\nsources: []\n", "sources: List should have at least 1 item"),
         ("pipeline: Bad-Name\nsources:\n  - name: s\n    path: d\n", "pipeline: String should match pattern"),
-        ("pipeline: p\nsources:\n  - name: s\n    path: d\ncheckpoint:\n  interval: soon\n", "checkpoint.interval"),
-        ("pipeline: p\nsources:\n  - {name: s, path: d}\n  - {name: s, path: e}\n", "source names must be unique"),
-        ("pipeline: p\nsources:\n  - {name: s, path: d}\ntables:\n  s: {partition: weekly}\n", "tables.s.partition"),
+        (
+            "pipeline: p\nsources:\n  - name: s\n    path: d\ncheckpoint:\n  interval: soon\n",
+            "checkpoint.interval",
+        ),
+        (
+            "pipeline: p\nsources:\n  - {name: s, path: d}\n  - {name: s, path: e}\n",
+            "source names must be unique",
+        ),
+        (
+            "pipeline: p\nsources:\n  - {name: s, path: d}\ntables:\n  s: {partition: weekly}\n",
+            "tables.s.partition",
+        ),
         ("- just\n- a list\n", "a pipeline spec is a mapping"),
         ("pipeline: [unclosed\n", "not valid YAML"),
     ],
@@ -49,6 +64,8 @@ def test_missing_spec_file_is_a_config_error(tmp_path: Path) -> None:
         load_spec(tmp_path / "nope.yaml")
 
 
-@pytest.mark.parametrize(("text", "seconds"), [("500ms", 0.5), ("5s", 5.0), ("2m", 120.0), ("1h", 3600.0), (7, 7.0)])
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("500ms", 0.5), ("5s", 5.0), ("2m", 120.0), ("1h", 3600.0), (7, 7.0)]
+)
 def test_durations(text: object, seconds: float) -> None:
     assert parse_duration(text) == seconds

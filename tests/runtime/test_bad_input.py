@@ -94,9 +94,16 @@ def test_every_kind_of_bad_input_is_dead_lettered_and_the_rest_lands(tmp_path: P
     av = tmp_path / "av"
     av.mkdir()
     schema = fastavro.parse_schema(
-        {"type": "record", "name": "r", "fields": [
-            {"name": "id", "type": "long"}, {"name": "ts", "type": "string"},
-            {"name": "amount", "type": "double"}, {"name": "name", "type": "string"}]}
+        {
+            "type": "record",
+            "name": "r",
+            "fields": [
+                {"name": "id", "type": "long"},
+                {"name": "ts", "type": "string"},
+                {"name": "amount", "type": "double"},
+                {"name": "name", "type": "string"},
+            ],
+        }
     )
     buffer = io.BytesIO()
     writer = fastavro.write.Writer(buffer, schema)
@@ -171,7 +178,8 @@ def test_every_kind_of_bad_input_is_dead_lettered_and_the_rest_lands(tmp_path: P
     assert oversized["payload_sha256"] == hashlib.sha256(huge).hexdigest()
     assert oversized["raw_payload"] is None
     mismatches = read_back(
-        tmp_path / "data", "SELECT field, raw_value FROM t.bad__dead_letter WHERE reason_code = 'type_mismatch'"
+        tmp_path / "data",
+        "SELECT field, raw_value FROM t.bad__dead_letter WHERE reason_code = 'type_mismatch'",
     ).to_pylist()
     assert mismatches == [{"field": "amount", "raw_value": "abc"}] * 4
 
@@ -191,14 +199,18 @@ BROKEN = st.sampled_from(
 @pytest.mark.slow
 @settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.lists(st.one_of(GOOD, GOOD, GOOD, BROKEN), min_size=1, max_size=400))
-def test_random_mixes_reconcile_exactly(tmp_path_factory: pytest.TempPathFactory, lines: list[tuple[str, bytes]]) -> None:
+def test_random_mixes_reconcile_exactly(
+    tmp_path_factory: pytest.TempPathFactory, lines: list[tuple[str, bytes]]
+) -> None:
     tmp_path = tmp_path_factory.mktemp("mix")
     source = tmp_path / "in"
     source.mkdir()
     (source / "a.ndjson").write_bytes(b"\n".join(payload for _, payload in lines) + b"\n")
     good = sum(kind == "good" for kind, _ in lines)
     broken = sum(kind == "bad" for kind, _ in lines)
-    with Pipeline.from_yaml(spec_for(tmp_path, [{"name": "mix", "path": str(source), "format": "ndjson"}])) as p:
+    with Pipeline.from_yaml(
+        spec_for(tmp_path, [{"name": "mix", "path": str(source), "format": "ndjson"}])
+    ) as p:
         summary = p.run(until_idle=True)
     assert (summary.counts.rows_landed, summary.counts.dead_lettered) == (good, broken)
     if good:

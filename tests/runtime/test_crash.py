@@ -33,7 +33,8 @@ def test_sigkill_at_each_protocol_step_loses_and_duplicates_nothing(tmp_path: Pa
     landed = read_back(data_dir, "SELECT order_id FROM test.orders").column("order_id").to_pylist()
     assert Counter(landed) == Counter(manifest.order_ids)
     items = read_back(
-        data_dir, "SELECT count(*) AS n, count(DISTINCT _lg_parent_key || _lg_position) AS d FROM test.orders__items"
+        data_dir,
+        "SELECT count(*) AS n, count(DISTINCT _lg_parent_key || _lg_position) AS d FROM test.orders__items",
     ).to_pylist()[0]
     assert items == {"n": manifest.line_items, "d": manifest.line_items}
     dead = read_back(

@@ -31,8 +31,9 @@ def test_commit_to_s3_and_read_back_with_duckdb(tmp_path: Path, s3_server: dict[
     rows = pa.table(
         {
             "id": pa.array([1, 2, 3], pa.int64()),
-            "_lg_event_time": pa.array([datetime(2026, 1, d, tzinfo=UTC) for d in (1, 1, 2)],
-                                       pa.timestamp("us", tz="UTC")),
+            "_lg_event_time": pa.array(
+                [datetime(2026, 1, d, tzinfo=UTC) for d in (1, 1, 2)], pa.timestamp("us", tz="UTC")
+            ),
         }
     )
     table = TableManager(catalog, "ns").ensure("events", rows.schema, "day")

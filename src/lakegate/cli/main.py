@@ -45,7 +45,9 @@ def cmd_init(args: argparse.Namespace) -> int:
         "checkpoint": {"interval": "10s", "max_rows": 1_000_000},
     }
     parse_spec(data, origin=str(target))  # never write a spec that would not load
-    target.write_text(f"# lakegate pipeline spec; see README.md for every field\n{yaml.safe_dump(data, sort_keys=False)}")
+    target.write_text(
+        f"# lakegate pipeline spec; see README.md for every field\n{yaml.safe_dump(data, sort_keys=False)}"
+    )
     print(f"wrote {target}; run it with: lakegate run {target} --until-idle")
     return 0
 
@@ -96,10 +98,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         table = tables.get(name)
         if table is not None:
             snapshot = table.current_snapshot()
-            print(
-                f"  table {spec.namespace}.{name}: checkpoint #{last_committed_checkpoint(table, spec.pipeline)},"
-                f" snapshot {snapshot.snapshot_id if snapshot else '-'}"
-            )
+            committed = last_committed_checkpoint(table, spec.pipeline)
+            snapshot_id = snapshot.snapshot_id if snapshot else "-"
+            print(f"  table {spec.namespace}.{name}: checkpoint #{committed}, snapshot {snapshot_id}")
     store.close()
     return 0
 
@@ -171,7 +172,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lakegate", description="Governed streaming ingestion into Iceberg.")
+    parser = argparse.ArgumentParser(
+        prog="lakegate", description="Governed streaming ingestion into Iceberg."
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log what the runtime does")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -190,7 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run a pipeline")
     p.add_argument("spec")
-    p.add_argument("--until-idle", action="store_true", help="stop once every source is drained and committed")
+    p.add_argument(
+        "--until-idle", action="store_true", help="stop once every source is drained and committed"
+    )
     p.add_argument("--max-seconds", type=float, help="stop after this long (with a final checkpoint)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress line")
     p.set_defaults(func=cmd_run)
@@ -229,7 +234,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
     try:
         return int(args.func(args))
     except LakegateError as err:

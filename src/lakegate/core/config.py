@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -26,7 +27,9 @@ def parse_duration(value: Any) -> float:
         return float(value)
     match = _DURATION.match(str(value))
     if not match:
-        raise ValueError(f"{value!r} is not a duration; use seconds or a string like '500ms', '5s', '2m', '1h'")
+        raise ValueError(
+            f"{value!r} is not a duration; use seconds or a string like '500ms', '5s', '2m', '1h'"
+        )
     return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
 
 
@@ -147,7 +150,7 @@ class PipelineSpec(_Model):
         return self.data_dir / "state" / self.pipeline
 
 
-def _describe(error: dict[str, Any]) -> str:
+def _describe(error: Mapping[str, Any]) -> str:
     location = ".".join(str(part) for part in error["loc"]) or "(top level)"
     message = error["msg"]
     if error["type"] == "extra_forbidden":

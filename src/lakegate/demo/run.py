@@ -52,7 +52,8 @@ def run_demo(directory: Path, records: int = 20_000) -> int:
     manifest = generate_orders(directory / "incoming", records=records)
     spec_path = directory / "orders.yaml"
     spec_path.write_text(yaml.safe_dump(SPEC, sort_keys=False))
-    print(f"generated {manifest.records:,} order events in {len(manifest.files)} files under {directory / 'incoming'}")
+    incoming = directory / "incoming"
+    print(f"generated {manifest.records:,} order events in {len(manifest.files)} files under {incoming}")
     print(
         f"  of which {manifest.malformed} truncated lines, {manifest.invalid_utf8} with invalid UTF-8,"
         f" {manifest.wrong_type} with a non-numeric amount, {manifest.late} late events (2h behind)\n"
@@ -63,8 +64,10 @@ def run_demo(directory: Path, records: int = 20_000) -> int:
     print(summary.render())
     expected = (manifest.good, manifest.dead_letters)
     landed = (summary.counts.rows_landed, summary.counts.dead_lettered)
-    print(f"\ngenerator says good={expected[0]:,} bad={expected[1]:,}; lakegate landed={landed[0]:,}"
-          f" dead-lettered={landed[1]:,} -> {'MATCH' if expected == landed else 'MISMATCH'}")
+    print(
+        f"\ngenerator says good={expected[0]:,} bad={expected[1]:,}; lakegate landed={landed[0]:,}"
+        f" dead-lettered={landed[1]:,} -> {'MATCH' if expected == landed else 'MISMATCH'}"
+    )
     for title, sql in (
         ("Revenue by city (orders joined to their line items, read by DuckDB)", REVENUE_BY_CITY),
         ("Orders per day and late events", LATE_AND_DAYS),
@@ -72,6 +75,6 @@ def run_demo(directory: Path, records: int = 20_000) -> int:
     ):
         print(f"\n{title}:\n{render_table(query(catalog, sql))}")
     print(f"\nspec: {spec_path}   data: {directory / 'lakegate-data'}")
-    print(f"try:  lakegate query --spec {spec_path} \"SELECT * FROM demo.orders LIMIT 5\"")
+    print(f'try:  lakegate query --spec {spec_path} "SELECT * FROM demo.orders LIMIT 5"')
     print(f"      lakegate dlq list --spec {spec_path}")
     return 0 if expected == landed else 1

@@ -42,7 +42,9 @@ def load_extension(connection: duckdb.DuckDBPyConnection, name: str) -> None:
         connection.execute(f"INSTALL {name}")
         connection.execute(f"LOAD {name}")
     except duckdb.Error as err:
-        raise MissingExtraError(f"duckdb extension {name!r} (pip install duckdb-extension-{name})", "query") from err
+        raise MissingExtraError(
+            f"duckdb extension {name!r} (pip install duckdb-extension-{name})", "query"
+        ) from err
 
 
 def connect(catalog: Catalog, s3: dict[str, str] | None = None) -> duckdb.DuckDBPyConnection:
@@ -62,7 +64,7 @@ def connect(catalog: Catalog, s3: dict[str, str] | None = None) -> duckdb.DuckDB
             name = identifier[-1]
             location = table.metadata_location.replace("'", "''")
             connection.execute(
-                f"CREATE OR REPLACE VIEW \"{schema}\".\"{name}\" AS SELECT * FROM iceberg_scan('{location}')"
+                f'CREATE OR REPLACE VIEW "{schema}"."{name}" AS SELECT * FROM iceberg_scan(\'{location}\')'
             )
     return connection
 

@@ -28,7 +28,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from lakegate.core.deadletter import DEAD_LETTER_SCHEMA, DeadLetters
+from lakegate.core.deadletter import DeadLetters
 from lakegate.core.errors import ReconciliationError
 from lakegate.runtime.faults import maybe_crash
 from lakegate.runtime.state import CheckpointRecord, StateStore
@@ -89,7 +89,7 @@ class OpenCheckpoint:
     def empty(self) -> bool:
         return self.counts.records_read == 0
 
-    def add_rows(self, table: str, rows: pa.Table, schema: pa.Schema | None = None) -> None:
+    def add_rows(self, table: str, rows: pa.Table) -> None:
         """Stamp the runtime's system columns and stream the rows into the table's data files."""
         if rows.num_rows == 0:
             return
@@ -105,7 +105,7 @@ class OpenCheckpoint:
     def add_dead_letters(self, dead_letters: DeadLetters) -> None:
         if len(dead_letters):
             rows = dead_letters.to_arrow(pipeline=self.pipeline, checkpoint_id=self.checkpoint_id)
-            self.add_rows(self.dead_letter_table, rows, DEAD_LETTER_SCHEMA)
+            self.add_rows(self.dead_letter_table, rows)
 
     def _stamp(self, rows: pa.Table) -> pa.Table:
         n = rows.num_rows
@@ -152,8 +152,9 @@ def run_protocol(
     state.put_pending(record)
     maybe_crash("after_pending")
     # Steps 4 and 5 are exactly what recovery repeats.
-    finish_pending(record, state=state, tables=checkpoint.tables, pipeline=checkpoint.pipeline,
-                   acknowledge=acknowledge)
+    finish_pending(
+        record, state=state, tables=checkpoint.tables, pipeline=checkpoint.pipeline, acknowledge=acknowledge
+    )
     return record
 
 
@@ -171,7 +172,9 @@ def finish_pending(
     for index, (name, files) in enumerate(sorted(record.files.items())):
         table = tables.refresh(name)
         if table is None:
-            raise ReconciliationError(f"table {name} named by pending checkpoint {record.checkpoint_id} is gone")
+            raise ReconciliationError(
+                f"table {name} named by pending checkpoint {record.checkpoint_id} is gone"
+            )
         commit_checkpoint(
             table, files, pipeline=pipeline, checkpoint_id=record.checkpoint_id, source_positions=positions
         )

@@ -122,14 +122,21 @@ class Pipeline:
             return None
         if record.status == "pending":
             log.warning("finishing checkpoint %d left pending by a crash", record.checkpoint_id)
-            finish_pending(record, state=self.state, tables=self.tables, pipeline=self.spec.pipeline,
-                           acknowledge=lambda: self._acknowledge(record))
+            finish_pending(
+                record,
+                state=self.state,
+                tables=self.tables,
+                pipeline=self.spec.pipeline,
+                acknowledge=lambda: self._acknowledge(record),
+            )
         for name in record.tables:
             table = self.tables.get(name)
             if table is not None:
                 removed = delete_stray_files(table, self.spec.pipeline, record.checkpoint_id)
                 if removed:
-                    log.warning("removed %d data file(s) of an unfinished checkpoint in %s", len(removed), name)
+                    log.warning(
+                        "removed %d data file(s) of an unfinished checkpoint in %s", len(removed), name
+                    )
         self._restore(record)
         return record.checkpoint_id
 
@@ -165,7 +172,9 @@ class Pipeline:
         if table == self.spec.dead_letter_table or base not in self._source_tables.values():
             return None
         table_spec = self.spec.table_spec(base)
-        if table_spec.partition == "none" or (table_spec.partition == "auto" and table_spec.event_time is None):
+        if table_spec.partition == "none" or (
+            table_spec.partition == "auto" and table_spec.event_time is None
+        ):
             return None
         return "day" if table_spec.partition == "auto" else table_spec.partition
 
@@ -194,7 +203,10 @@ class Pipeline:
         checkpoint.add_dead_letters(result.dead_letters)
         checkpoint.counts.add(counts)
         self._positions[source.name] = source.position()
-        for name, rows in [(table, result.rows.num_rows), *((c, t.num_rows) for c, t in result.children.items())]:
+        for name, rows in [
+            (table, result.rows.num_rows),
+            *((c, t.num_rows) for c, t in result.children.items()),
+        ]:
             summary.tables[name] = summary.tables.get(name, 0) + rows
         return True
 

@@ -22,7 +22,7 @@ from lakegate.core.errors import TerminalError
 Granularity = Literal["day", "hour", "month"]
 EVENT_TIME_COLUMN = "_lg_event_time"
 
-_TRANSFORMS: dict[str, Transform] = {  # type: ignore[type-arg]
+_TRANSFORMS: dict[str, Transform] = {
     "day": DayTransform(),
     "hour": HourTransform(),
     "month": MonthTransform(),
@@ -132,7 +132,9 @@ class TableManager:
             )
             if partition and EVENT_TIME_COLUMN in schema.names:
                 with txn.update_spec() as spec:
-                    spec.add_field(EVENT_TIME_COLUMN, _TRANSFORMS[partition], f"{EVENT_TIME_COLUMN}_{partition}")
+                    spec.add_field(
+                        EVENT_TIME_COLUMN, _TRANSFORMS[partition], f"{EVENT_TIME_COLUMN}_{partition}"
+                    )
             txn.commit_transaction()
             return self.catalog.load_table(identifier)
         except TableAlreadyExistsError:
