@@ -1,0 +1,1 @@
+"""Semantic contracts: learned profiles and rules, vectorized enforcement, versioned registry."""
