@@ -22,10 +22,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from lakegate.core.config import EventTimeSpec
+from lakegate.core.types import TIMESTAMP
 from lakegate.normalize.flatten import SEPARATOR
 
-TIMESTAMP = pa.timestamp("us", tz="UTC")
-"""The one timestamp type lakegate writes (Iceberg ``timestamptz``)."""
 _NO_EVENT = np.iinfo(np.int64).min
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 

@@ -26,9 +26,10 @@ from lakegate.core.batch import SourceBatch
 from lakegate.core.config import TableSpec
 from lakegate.core.deadletter import DEFAULT_MAX_PAYLOAD_BYTES, DeadLetters, Reason
 from lakegate.core.errors import ConfigError, TerminalError
+from lakegate.core.types import TIMESTAMP, type_from_str, type_to_str
 from lakegate.normalize.event_time import Watermark, event_field
 from lakegate.normalize.flatten import SEPARATOR, FlatTable, flatten, is_list_type, list_values
-from lakegate.normalize.types import TIMESTAMP, coerce, infer, type_from_str, type_to_str
+from lakegate.normalize.types import coerce, infer
 
 STAGE = "normalize"
 STATE_VERSION = 1

@@ -11,33 +11,19 @@ is one Arrow cast of the whole array; only when it raises do the slower, per-val
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from lakegate.normalize.event_time import TIMESTAMP, epoch_to_timestamp, localize
+from lakegate.core.types import TIMESTAMP
+from lakegate.normalize.event_time import epoch_to_timestamp, localize
 from lakegate.normalize.flatten import as_list, is_list_type, list_values, to_json
 
 _NAIVE_US = pa.timestamp("us")
 _INT32 = (-(2**31), 2**31 - 1)
 _EMPTY = np.empty(0, dtype=np.int64)
-
-_NAMES: dict[str, pa.DataType] = {
-    "boolean": pa.bool_(),
-    "int": pa.int32(),
-    "long": pa.int64(),
-    "float": pa.float32(),
-    "double": pa.float64(),
-    "string": pa.string(),
-    "binary": pa.binary(),
-    "date": pa.date32(),
-    "timestamp": TIMESTAMP,
-}
-_DECIMAL = re.compile(r"^decimal\(\s*(\d+)\s*,\s*(\d+)\s*\)$")
-_LIST = re.compile(r"^list<(.+)>$")
 
 _RE_INT = r"^[+-]?\d+$"
 _RE_FLOAT = r"(?i)^[+-]?((\d+\.?\d*|\.\d+)(e[+-]?\d+)?|nan|inf|infinity)$"
@@ -52,40 +38,6 @@ share of them parses as (the others are dead-lettered as misfits): a few ``"n/a"
 not turn a numeric column into text forever."""
 DOMINANT_MIN_SAMPLE = 20
 _FALSE = pa.array(["false", "f", "no", "n", "0"])
-
-
-def type_from_str(name: str) -> pa.DataType:
-    """An Arrow type from its lakegate name (``int``, ``long``, ``decimal(10,2)``, ``list<long>``...).
-
-    Raises:
-        ValueError: the name is not one of the supported types.
-    """
-    text = name.strip().lower()
-    if text in _NAMES:
-        return _NAMES[text]
-    match = _DECIMAL.match(text)
-    if match:
-        precision, scale = int(match.group(1)), int(match.group(2))
-        if not 1 <= precision <= 38 or scale > precision:
-            raise ValueError(f"decimal({precision},{scale}): precision must be 1..38 and scale <= precision")
-        return pa.decimal128(precision, scale)
-    match = _LIST.match(text)
-    if match:
-        return pa.list_(type_from_str(match.group(1)))
-    allowed = ", ".join([*_NAMES, "decimal(P,S)", "list<T>"])
-    raise ValueError(f"unknown type {name!r}; use one of {allowed}")
-
-
-def type_to_str(t: pa.DataType) -> str:
-    """The lakegate name of an established type (the inverse of :func:`type_from_str`)."""
-    for name, known in _NAMES.items():
-        if t == known:
-            return name
-    if pa.types.is_decimal(t):
-        return f"decimal({t.precision},{t.scale})"
-    if pa.types.is_list(t):
-        return f"list<{type_to_str(t.value_type)}>"
-    raise ValueError(f"{t} is not an Iceberg-compatible lakegate type")
 
 
 def _is_str(t: pa.DataType) -> bool:
