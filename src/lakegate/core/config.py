@@ -27,9 +27,7 @@ def parse_duration(value: Any) -> float:
         return float(value)
     match = _DURATION.match(str(value))
     if not match:
-        raise ValueError(
-            f"{value!r} is not a duration; use seconds or a string like '500ms', '5s', '2m', '1h'"
-        )
+        raise ValueError(f"{value!r} is not a duration; use seconds or a string like '500ms', '5s', '2m', '1h'")
     return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
 
 
@@ -70,6 +68,23 @@ class EventTimeSpec(_Model):
     on_missing: Literal["dead_letter", "land"] = "dead_letter"
 
 
+class ContractSpec(_Model):
+    """Semantic contract of a table: learn in warm-up (observe), then enforce."""
+
+    enabled: bool = True
+    warmup_rows: int = Field(default=10_000, ge=1)
+    warmup_time: Duration = 0.0
+    """Observe at least this long (wall clock) before enforcing."""
+    max_shift: float = Field(default=0.05, ge=0)
+    """Warm-up ends once the learned baseline moves less than this between batches."""
+    pin_version: int | None = Field(default=None, ge=1)
+    """Enforce this contract version; unset: follow the registry's active version."""
+    keys: list[str] = Field(default_factory=list)
+    """Fields identifying an event, for duplicate detection (learned when empty)."""
+    window_rows: int = Field(default=10_000, ge=100)
+    duplicate_window: Duration = 3600.0
+
+
 class TableSpec(_Model):
     """How records become rows of one Iceberg table."""
 
@@ -81,6 +96,8 @@ class TableSpec(_Model):
     """Type overrides by flattened field name: int, long, double, boolean, string, date,
     timestamp, decimal(P,S)."""
     max_field_bytes: int = Field(default=16 * 1024 * 1024, gt=0)
+    contract: ContractSpec | None = None
+    """Semantic contract; off unless given (``contract: {}`` turns it on with the defaults)."""
 
 
 class CatalogSpec(_Model):
@@ -122,6 +139,8 @@ class PipelineSpec(_Model):
     tables: dict[str, TableSpec] = Field(default_factory=dict)
     checkpoint: CheckpointSpec = CheckpointSpec()
     dead_letter: DeadLetterSpec = DeadLetterSpec()
+    contract_registry: str | None = None
+    """SQLAlchemy URL of the contract registry (default: SQLite ``<data dir>/contracts.db``)."""
 
     @model_validator(mode="after")
     def _check_names(self) -> PipelineSpec:
@@ -144,6 +163,10 @@ class PipelineSpec(_Model):
     @property
     def dead_letter_table(self) -> str:
         return self.dead_letter.table or f"{self.pipeline}__dead_letter"
+
+    @property
+    def registry_url(self) -> str:
+        return self.contract_registry or f"sqlite:///{(self.data_dir / 'contracts.db').resolve()}"
 
     @property
     def state_dir(self) -> Path:

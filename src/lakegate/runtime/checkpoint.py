@@ -152,9 +152,7 @@ def run_protocol(
     state.put_pending(record)
     maybe_crash("after_pending")
     # Steps 4 and 5 are exactly what recovery repeats.
-    finish_pending(
-        record, state=state, tables=checkpoint.tables, pipeline=checkpoint.pipeline, acknowledge=acknowledge
-    )
+    finish_pending(record, state=state, tables=checkpoint.tables, pipeline=checkpoint.pipeline, acknowledge=acknowledge)
     return record
 
 
@@ -172,9 +170,7 @@ def finish_pending(
     for index, (name, files) in enumerate(sorted(record.files.items())):
         table = tables.refresh(name)
         if table is None:
-            raise ReconciliationError(
-                f"table {name} named by pending checkpoint {record.checkpoint_id} is gone"
-            )
+            raise ReconciliationError(f"table {name} named by pending checkpoint {record.checkpoint_id} is gone")
         commit_checkpoint(
             table, files, pipeline=pipeline, checkpoint_id=record.checkpoint_id, source_positions=positions
         )

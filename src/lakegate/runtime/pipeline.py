@@ -10,10 +10,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lakegate.contracts.stage import ContractStage
 from lakegate.core.config import PipelineSpec, load_spec
 from lakegate.core.errors import ReconciliationError, StageError
 from lakegate.normalize.stage import NormalizedBatch, Normalizer
 from lakegate.runtime.checkpoint import Counts, OpenCheckpoint, finish_pending, run_protocol
+from lakegate.runtime.governance import Governance, quarantine
 from lakegate.runtime.state import CheckpointRecord, StateStore
 from lakegate.sinks.catalog import open_catalog
 from lakegate.sinks.commit import delete_stray_files
@@ -48,6 +50,10 @@ class RunSummary:
     elapsed_s: float = 0.0
     tables: dict[str, int] = field(default_factory=dict)
     """Rows landed per table in this run (children included)."""
+    quarantined: int = 0
+    """Rows the semantic contracts sent to the dead-letter table (part of ``dead_lettered``)."""
+    alerts: list[Any] = field(default_factory=list)
+    """Window alerts raised by the contracts (rows landed)."""
 
     @property
     def reconciled(self) -> bool:
@@ -69,8 +75,16 @@ class RunSummary:
             f"{c.records_read:,} = {c.rows_landed:,} + {c.dead_lettered:,}"
             f" {'OK' if self.reconciled else 'MISMATCH'}",
         ]
+        if self.quarantined:
+            lines.append(f"  of the dead-lettered, quarantined by contracts: {self.quarantined:,}")
         for table, rows in sorted(self.tables.items()):
             lines.append(f"  table {table:<32} +{rows:,} rows")
+        if self.alerts:
+            lines.append(f"  contract alerts ({len(self.alerts)}; rows landed):")
+            for alert in self.alerts[:20]:
+                lines.append(f"    [{alert.severity}] window {alert.window_index}: {alert.message}")
+            if len(self.alerts) > 20:
+                lines.append(f"    ... {len(self.alerts) - 20} more (lakegate contract history)")
         return "\n".join(lines)
 
 
@@ -99,9 +113,27 @@ class Pipeline:
             table: Normalizer(table, spec.table_spec(table), spec.dead_letter.max_payload_bytes)
             for table in sorted(set(self._source_tables.values()))
         }
+        self.governance = self._governance(spec)
         self.known_tables: list[str] = []
         self.last_checkpoint = 0
         self._positions: dict[str, Any] = {}
+
+    @staticmethod
+    def _governance(spec: PipelineSpec) -> Governance | None:
+        stages: dict[str, ContractStage] = {}
+        pins: dict[str, int | None] = {}
+        for table in sorted(set(spec.table_of(s) for s in spec.sources)):
+            contract_spec = spec.table_spec(table).contract
+            if contract_spec is not None and contract_spec.enabled:
+                stages[table] = ContractStage(table, contract_spec)
+                pins[table] = contract_spec.pin_version
+        return Governance(spec.registry_url, stages, pins) if stages else None
+
+    def _operator_state(self) -> dict[str, bytes]:
+        state = {name: n.snapshot() for name, n in self.normalizers.items()}
+        if self.governance:
+            state.update({f"contract:{t}": s.snapshot() for t, s in self.governance.stages.items()})
+        return state
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> Pipeline:
@@ -134,9 +166,7 @@ class Pipeline:
             if table is not None:
                 removed = delete_stray_files(table, self.spec.pipeline, record.checkpoint_id)
                 if removed:
-                    log.warning(
-                        "removed %d data file(s) of an unfinished checkpoint in %s", len(removed), name
-                    )
+                    log.warning("removed %d data file(s) of an unfinished checkpoint in %s", len(removed), name)
         self._restore(record)
         return record.checkpoint_id
 
@@ -146,6 +176,12 @@ class Pipeline:
         for name, encoded in record.operator_state.items():
             if name in self.normalizers:
                 self.normalizers[name].restore(base64.b64decode(encoded))
+            elif name.startswith("contract:") and self.governance:
+                stage = self.governance.stages.get(name.removeprefix("contract:"))
+                if stage is not None:
+                    stage.restore(base64.b64decode(encoded))
+        if self.governance:
+            self.governance.follow_active()
         self._positions = dict(record.source_positions)
         for source in self.sources:
             source.restore(record.source_positions.get(source.name))
@@ -172,9 +208,7 @@ class Pipeline:
         if table == self.spec.dead_letter_table or base not in self._source_tables.values():
             return None
         table_spec = self.spec.table_spec(base)
-        if table_spec.partition == "none" or (
-            table_spec.partition == "auto" and table_spec.event_time is None
-        ):
+        if table_spec.partition == "none" or (table_spec.partition == "auto" and table_spec.event_time is None):
             return None
         return "day" if table_spec.partition == "auto" else table_spec.partition
 
@@ -187,6 +221,18 @@ class Pipeline:
             result: NormalizedBatch = self.normalizers[table].process(batch)
         except Exception as err:
             raise StageError("normalize", checkpoint.checkpoint_id, f"{type(err).__name__}: {err}") from err
+        quarantined = 0
+        stage = self.governance.stages.get(table) if self.governance else None
+        if stage is not None and self.governance is not None and result.rows.num_rows:
+            try:
+                outcome = stage.process(result.rows)
+                self.governance.after_batch(table, outcome)
+                result = quarantine(result, outcome, batch, stage.contract.version if stage.contract else None)
+            except Exception as err:
+                raise StageError("contract", checkpoint.checkpoint_id, f"{type(err).__name__}: {err}") from err
+            quarantined = outcome.quarantined_count
+            summary.alerts.extend(outcome.alerts)
+        summary.quarantined += quarantined
         counts = Counts(
             records_read=result.records_read,
             rows_landed=result.rows.num_rows,
@@ -215,7 +261,7 @@ class Pipeline:
             checkpoint,
             state=self.state,
             source_positions=self._positions,
-            operator_state={name: n.snapshot() for name, n in self.normalizers.items()},
+            operator_state=self._operator_state(),
             known_tables=self.known_tables,
             acknowledge=lambda: self._acknowledge_positions(),
         )
@@ -224,6 +270,8 @@ class Pipeline:
         summary.checkpoints += 1
         summary.last_checkpoint = record.checkpoint_id
         summary.counts.add(checkpoint.counts)
+        if self.governance:
+            self.governance.follow_active()
 
     def _acknowledge_positions(self) -> None:
         for source in self.sources:

@@ -77,9 +77,7 @@ class StateStore:
         return None if row is None else CheckpointRecord.from_json(row[0], row[1])
 
     def history(self, limit: int = 20) -> list[CheckpointRecord]:
-        rows = self._db.execute(
-            "SELECT status, record FROM checkpoints ORDER BY id DESC LIMIT ?", (limit,)
-        ).fetchall()
+        rows = self._db.execute("SELECT status, record FROM checkpoints ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
         return [CheckpointRecord.from_json(status, record) for status, record in rows]
 
     def put_pending(self, record: CheckpointRecord) -> None:
