@@ -19,7 +19,6 @@ import pyarrow.compute as pc
 from lakegate.contracts.api import Alert
 from lakegate.contracts.decisions import Decision
 from lakegate.contracts.model import Contract
-from lakegate.contracts.registry import ContractRegistry
 from lakegate.contracts.stage import ContractOutcome, ContractStage
 from lakegate.core.batch import SourceBatch
 from lakegate.core.deadletter import DeadLetters, Reason
@@ -80,6 +79,8 @@ class Governance:
     """Contract stages of a pipeline's tables and the registry they are versioned in."""
 
     def __init__(self, registry_url: str, stages: dict[str, ContractStage], pins: dict[str, int | None]) -> None:
+        from lakegate.contracts.registry import ContractRegistry  # sqlalchemy: only when contracts are on
+
         self.registry = ContractRegistry(registry_url)
         self.stages = stages
         self.pins = pins
