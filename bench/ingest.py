@@ -145,9 +145,7 @@ def ingest_dlt(data: Path, out: Path) -> dict[str, Any]:
 def ingest_lakegate(data: Path, out: Path) -> dict[str, Any]:
     spec = out / "lakegate.yaml"
     spec.write_text(
-        LAKEGATE_SPEC.format(
-            data_dir=json.dumps(str(out / "lakegate-data")), source=json.dumps(str(data)), table=TABLE
-        )
+        LAKEGATE_SPEC.format(data_dir=json.dumps(str(out / "lakegate-data")), source=json.dumps(str(data)), table=TABLE)
     )
     from lakegate import Pipeline
 
@@ -497,9 +495,7 @@ def harness(args: argparse.Namespace) -> int:
         "failed": [r["contender"] for r in results if not r.get("ok")],
     }
     if args.json_out:
-        Path(args.json_out).write_text(
-            json.dumps({"summary": summary, "results": results}, indent=2, default=str)
-        )
+        Path(args.json_out).write_text(json.dumps({"summary": summary, "results": results}, indent=2, default=str))
     print(json.dumps(summary), flush=True)
     return 1 if summary["failed"] and not args.allow_fail else 0
 
@@ -518,9 +514,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--skip-dlt", action="store_true")
     parser.add_argument("--skip-4x", action="store_true", help="skip lakegate alone at 4x the rows")
-    parser.add_argument(
-        "--dlt-rows", type=int, help=f"rows for dlt, at most --rows (default {DEFAULT_DLT_ROWS:,})"
-    )
+    parser.add_argument("--dlt-rows", type=int, help=f"rows for dlt, at most --rows (default {DEFAULT_DLT_ROWS:,})")
     parser.add_argument(
         "--dlt-python",
         help=f"interpreter with dlt (default: this one if it has dlt, "

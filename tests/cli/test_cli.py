@@ -16,10 +16,7 @@ def test_init_run_status_tables_query_dlq(
     monkeypatch.chdir(tmp_path)
     manifest = generate_orders(tmp_path / "incoming", records=1500, files=2, seed=3, fault_rate=0.02)
 
-    assert (
-        main(["init", "orders", "--path", "incoming", "--format", "ndjson", "--event-time", "created_at"])
-        == 0
-    )
+    assert main(["init", "orders", "--path", "incoming", "--format", "ndjson", "--event-time", "created_at"]) == 0
     assert (tmp_path / "orders.yaml").exists()
     assert main(["init", "orders", "--path", "incoming"]) == 2  # refuses to overwrite
     capsys.readouterr()
@@ -35,11 +32,7 @@ def test_init_run_status_tables_query_dlq(
 
     assert main(["tables"]) == 0  # default catalog under ./lakegate-data
     out, _ = capsys.readouterr()
-    assert (
-        "lakegate.orders " in out
-        and "lakegate.orders__items" in out
-        and "lakegate.orders__dead_letter" in out
-    )
+    assert "lakegate.orders " in out and "lakegate.orders__items" in out and "lakegate.orders__dead_letter" in out
 
     assert main(["query", "SELECT count(*) AS n FROM lakegate.orders", "--format", "csv"]) == 0
     out, _ = capsys.readouterr()

@@ -64,8 +64,6 @@ def test_missing_spec_file_is_a_config_error(tmp_path: Path) -> None:
         load_spec(tmp_path / "nope.yaml")
 
 
-@pytest.mark.parametrize(
-    ("text", "seconds"), [("500ms", 0.5), ("5s", 5.0), ("2m", 120.0), ("1h", 3600.0), (7, 7.0)]
-)
+@pytest.mark.parametrize(("text", "seconds"), [("500ms", 0.5), ("5s", 5.0), ("2m", 120.0), ("1h", 3600.0), (7, 7.0)])
 def test_durations(text: object, seconds: float) -> None:
     assert parse_duration(text) == seconds

@@ -57,9 +57,7 @@ ORDERS = [
 def test_nested_objects_flatten_three_levels_deep() -> None:
     out = Normalizer("orders", TableSpec()).process(make_batch(ORDERS))
     rows = out.rows
-    assert {"customer__name", "customer__address__city", "customer__address__geo__lat"} <= set(
-        rows.column_names
-    )
+    assert {"customer__name", "customer__address__city", "customer__address__geo__lat"} <= set(rows.column_names)
     assert "customer" not in rows.column_names
     assert rows.column("customer__address__geo__lat").to_pylist() == [48.8, None, None, None]
     assert rows.column("customer__address__city").to_pylist() == ["Paris", None, None, "Oslo"]
@@ -109,8 +107,7 @@ def test_grandchildren_point_at_their_child_rows() -> None:
     ]
     lines = out.children["orders__lines"]
     line_keys = {
-        f"{s}#{p}"
-        for s, p in zip(lines["_lg_source"].to_pylist(), lines["_lg_position"].to_pylist(), strict=True)
+        f"{s}#{p}" for s, p in zip(lines["_lg_source"].to_pylist(), lines["_lg_position"].to_pylist(), strict=True)
     }
     assert set(parts.column("_lg_parent_key").to_pylist()) <= line_keys
 
@@ -185,9 +182,7 @@ def test_maps_and_arrays_of_arrays_of_objects_become_json_text() -> None:
     maps = pa.array([[("k", 1), ('q"', None)], None, []], pa.map_(pa.string(), pa.int64()))
     nested = pa.array([[[{"a": 1}], []], None, [[{"a": None}]]])
     records = pa.table({"m": maps, "n": nested})
-    batch = SourceBatch(
-        source="s", origin="", records=records, positions=pa.array(["1", "2", "3"]), end_position={}
-    )
+    batch = SourceBatch(source="s", origin="", records=records, positions=pa.array(["1", "2", "3"]), end_position={})
     out = Normalizer("t", TableSpec()).process(batch)
     assert out.rows.column("m").to_pylist() == ['{"k":1,"q\\"":null}', None, "{}"]
     assert [None if t is None else orjson.loads(t) for t in out.rows.column("n").to_pylist()] == [

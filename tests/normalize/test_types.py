@@ -35,9 +35,7 @@ from lakegate.normalize import TIMESTAMP, coerce, infer, type_from_str, type_to_
         (["", "  ", None], None),  # nothing yet: no type
     ],
 )
-def test_strings_infer_the_narrowest_type_every_value_fits(
-    values: list[str | None], expected: object
-) -> None:
+def test_strings_infer_the_narrowest_type_every_value_fits(values: list[str | None], expected: object) -> None:
     assert infer(pa.array(values, pa.string())) == expected
 
 
@@ -195,9 +193,7 @@ def test_epoch_numbers_by_magnitude(value: object, expected: datetime) -> None:
     assert plain.bad.tolist() == [0]  # a number is not a time unless the column says so
 
 
-@pytest.mark.parametrize(
-    "name", ["boolean", "int", "long", "float", "double", "string", "binary", "date", "timestamp"]
-)
+@pytest.mark.parametrize("name", ["boolean", "int", "long", "float", "double", "string", "binary", "date", "timestamp"])
 def test_type_names_round_trip(name: str) -> None:
     assert type_to_str(type_from_str(name)) == name
 

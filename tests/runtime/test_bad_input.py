@@ -208,9 +208,7 @@ def test_random_mixes_reconcile_exactly(
     (source / "a.ndjson").write_bytes(b"\n".join(payload for _, payload in lines) + b"\n")
     good = sum(kind == "good" for kind, _ in lines)
     broken = sum(kind == "bad" for kind, _ in lines)
-    with Pipeline.from_yaml(
-        spec_for(tmp_path, [{"name": "mix", "path": str(source), "format": "ndjson"}])
-    ) as p:
+    with Pipeline.from_yaml(spec_for(tmp_path, [{"name": "mix", "path": str(source), "format": "ndjson"}])) as p:
         summary = p.run(until_idle=True)
     assert (summary.counts.rows_landed, summary.counts.dead_lettered) == (good, broken)
     if good:

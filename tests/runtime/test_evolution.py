@@ -47,10 +47,7 @@ def test_new_column_and_promotions_evolve_the_table(tmp_path: Path) -> None:
     # The second file adds a column, needs a long for `small` and a wider decimal for `price`.
     _write(
         tmp_path / "in" / "2.ndjson",
-        [
-            {"id": 100 + i, "small": 2**40 + i, "ratio": 0.25, "price": "123456.78", "note": "new"}
-            for i in range(10)
-        ],
+        [{"id": 100 + i, "small": 2**40 + i, "ratio": 0.25, "price": "123456.78", "note": "new"} for i in range(10)],
     )
     with Pipeline.from_yaml(spec) as pipeline:
         summary = pipeline.run(until_idle=True)
@@ -77,9 +74,7 @@ def test_misfit_that_no_promotion_allows_is_dead_lettered(tmp_path: Path) -> Non
     with Pipeline.from_yaml(_spec(tmp_path)) as pipeline:
         summary = pipeline.run(until_idle=True)
     assert (summary.counts.rows_landed, summary.counts.dead_lettered) == (31, 2)
-    reasons = read_back(
-        tmp_path / "data", "SELECT reason_code, field, raw_value FROM t.evo__dead_letter ORDER BY 3"
-    )
+    reasons = read_back(tmp_path / "data", "SELECT reason_code, field, raw_value FROM t.evo__dead_letter ORDER BY 3")
     assert reasons.to_pylist() == [
         {"reason_code": "type_mismatch", "field": "qty", "raw_value": "2.5"},
         {"reason_code": "type_mismatch", "field": "qty", "raw_value": "three"},

@@ -27,9 +27,7 @@ def test_random_sigkills_while_files_arrive(tmp_path: Path) -> None:
     dead_expected = 0
     for round_number in range(5):
         # New files land (under a temporary name first) while the pipeline is down or running.
-        manifest = generate_orders(
-            tmp_path / f"gen{round_number}", records=900, files=2, seed=round_number, start=None
-        )
+        manifest = generate_orders(tmp_path / f"gen{round_number}", records=900, files=2, seed=round_number, start=None)
         for name in manifest.files:
             os.rename(tmp_path / f"gen{round_number}" / name, incoming / f"r{round_number}-{name}")
         expected.update(f"{round_number}:{order_id}" for order_id in manifest.order_ids)
@@ -48,14 +46,10 @@ def test_random_sigkills_while_files_arrive(tmp_path: Path) -> None:
     assert final.returncode == 0, final.stderr
 
     data_dir = tmp_path / "lakegate-data"
-    landed = read_back(
-        data_dir, "SELECT split_part(_lg_source, ':', 2) AS file, order_id FROM test.orders"
-    ).to_pylist()
+    landed = read_back(data_dir, "SELECT split_part(_lg_source, ':', 2) AS file, order_id FROM test.orders").to_pylist()
     got = Counter(f"{row['file'][1]}:{row['order_id']}" for row in landed)
     assert got == expected
-    dead = read_back(
-        data_dir, "SELECT count(*) AS n, count(DISTINCT dlq_id) AS d FROM test.orders__dead_letter"
-    )
+    dead = read_back(data_dir, "SELECT count(*) AS n, count(DISTINCT dlq_id) AS d FROM test.orders__dead_letter")
     assert dead.to_pylist() == [{"n": dead_expected, "d": dead_expected}]
     on_disk, referenced = files_on_disk_and_referenced(data_dir)
     assert on_disk == referenced

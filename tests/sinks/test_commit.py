@@ -49,23 +49,15 @@ def test_checkpoint_commit_is_idempotent_per_pipeline(tmp_path: Path) -> None:
     files = writer.close()
     assert len(files) == 3  # 10 rows 6 hours apart span 3 days (0h..54h): one file per day partition
 
-    assert (
-        commit_checkpoint(table, files, pipeline="a", checkpoint_id=1, source_positions="{}") == "committed"
-    )
+    assert commit_checkpoint(table, files, pipeline="a", checkpoint_id=1, source_positions="{}") == "committed"
     assert commit_checkpoint(table, files, pipeline="a", checkpoint_id=1, source_positions="{}") == "skipped"
     # Another pipeline's higher checkpoint id must not hide pipeline a's next checkpoint.
     other = DataFileWriter(table, "b", 7)
     other.write(_rows("b", 7, 4))
-    assert (
-        commit_checkpoint(table, other.close(), pipeline="b", checkpoint_id=7, source_positions="{}")
-        == "committed"
-    )
+    assert commit_checkpoint(table, other.close(), pipeline="b", checkpoint_id=7, source_positions="{}") == "committed"
     second = DataFileWriter(table, "a", 2)
     second.write(_rows("a", 2, 5))
-    assert (
-        commit_checkpoint(table, second.close(), pipeline="a", checkpoint_id=2, source_positions="{}")
-        == "committed"
-    )
+    assert commit_checkpoint(table, second.close(), pipeline="a", checkpoint_id=2, source_positions="{}") == "committed"
 
     table.refresh()
     assert last_committed_checkpoint(table, "a") == 2
@@ -104,9 +96,7 @@ def _append_many(warehouse: str, pipeline: str, commits: int, rows: int) -> None
     for checkpoint in range(1, commits + 1):
         writer = DataFileWriter(table, pipeline, checkpoint)
         writer.write(_rows(pipeline, checkpoint, rows, day_offset=checkpoint % 3))
-        commit_checkpoint(
-            table, writer.close(), pipeline=pipeline, checkpoint_id=checkpoint, source_positions="{}"
-        )
+        commit_checkpoint(table, writer.close(), pipeline=pipeline, checkpoint_id=checkpoint, source_positions="{}")
 
 
 @pytest.mark.slow
@@ -114,9 +104,7 @@ def test_two_pipelines_append_concurrently_without_losing_a_commit(tmp_path: Pat
     commits, rows = 100, 20
     TableManager(open_catalog(CatalogSpec(), tmp_path), "ns").ensure("shared", _rows("x", 0, 1).schema, "day")
     ctx = mp.get_context("spawn")
-    workers = [
-        ctx.Process(target=_append_many, args=(str(tmp_path), name, commits, rows)) for name in ("p1", "p2")
-    ]
+    workers = [ctx.Process(target=_append_many, args=(str(tmp_path), name, commits, rows)) for name in ("p1", "p2")]
     for worker in workers:
         worker.start()
     for worker in workers:

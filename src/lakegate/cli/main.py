@@ -172,9 +172,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="lakegate", description="Governed streaming ingestion into Iceberg."
-    )
+    parser = argparse.ArgumentParser(prog="lakegate", description="Governed streaming ingestion into Iceberg.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log what the runtime does")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -193,9 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run a pipeline")
     p.add_argument("spec")
-    p.add_argument(
-        "--until-idle", action="store_true", help="stop once every source is drained and committed"
-    )
+    p.add_argument("--until-idle", action="store_true", help="stop once every source is drained and committed")
     p.add_argument("--max-seconds", type=float, help="stop after this long (with a final checkpoint)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress line")
     p.set_defaults(func=cmd_run)

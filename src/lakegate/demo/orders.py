@@ -43,6 +43,8 @@ class Manifest:
     line_items: int = 0
     order_ids: list[str] = field(default_factory=list)
     files: list[str] = field(default_factory=list)
+    next_number: int = 1
+    clock: datetime | None = None
 
     @property
     def dead_letters(self) -> int:
@@ -63,9 +65,11 @@ def _order(rng: random.Random, number: int, when: datetime) -> dict[str, object]
     stamp = local.replace(tzinfo=None).isoformat(timespec="milliseconds")
     sign = "+" if offset >= timedelta(0) else "-"
     hours = abs(int(offset.total_seconds() // 3600))
+    shipped = (when + timedelta(minutes=rng.uniform(30, 72 * 60))).astimezone(UTC)
     return {
         "order_id": f"ORD-{number:07d}",
         "created_at": f"{stamp}{sign}{hours:02d}:00",
+        "shipped_at": shipped.isoformat(timespec="seconds"),
         "merchant_id": f"M{rng.randint(1, 40):03d}",
         "customer": {
             "id": customer_id,
@@ -74,6 +78,7 @@ def _order(rng: random.Random, number: int, when: datetime) -> dict[str, object]
             "address": {"city": city, "zip": zip_code, "country": country},
         },
         "items": items,
+        "quantity": sum(int(i["qty"]) for i in items),  # type: ignore[call-overload]
         "currency": currency,
         "amount": amount,
         "status": rng.choice(STATUSES),
@@ -140,4 +145,5 @@ def generate_orders(
         tmp.write_bytes(payload)
         tmp.rename(directory / name)  # a file counts once it appears under its final name
         manifest.files.append(name)
+    manifest.next_number, manifest.clock = number + 1, clock
     return manifest

@@ -115,9 +115,7 @@ class Watermark:
     def label(self, events: pa.Array, keep: np.ndarray) -> np.ndarray:
         """Late flags for a batch's event times; rows not kept neither count nor are late."""
         values, present = micros(events)
-        late, self.max_event_us = late_labels(
-            values, present & keep, self.max_event_us, self.out_of_orderness_us
-        )
+        late, self.max_event_us = late_labels(values, present & keep, self.max_event_us, self.out_of_orderness_us)
         return late
 
     @property

@@ -162,9 +162,7 @@ def _flatten_into(
         elif is_list_type(kind):
             value_type = kind.value_type
             child_name = f"{table.name}{SEPARATOR}{full}"
-            is_objects = pa.types.is_struct(value_type) or (
-                pa.types.is_null(value_type) and child_name in known
-            )
+            is_objects = pa.types.is_struct(value_type) or (pa.types.is_null(value_type) and child_name in known)
             if is_objects and objects == "child_table":
                 child, values = _child_table(table, full, arr)
                 out.append(child)

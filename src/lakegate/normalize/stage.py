@@ -115,9 +115,7 @@ class Normalizer:
         ConfigError: a type override or the event-time zone is invalid.
     """
 
-    def __init__(
-        self, table: str, spec: TableSpec, max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
-    ) -> None:
+    def __init__(self, table: str, spec: TableSpec, max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES) -> None:
         self.table = table
         self.spec = spec
         self.max_payload_bytes = max_payload_bytes
@@ -133,9 +131,7 @@ class Normalizer:
         try:
             zoneinfo.ZoneInfo(self._zone)
         except (zoneinfo.ZoneInfoNotFoundError, ValueError) as err:
-            raise ConfigError(
-                f"tables.{table}.event_time.timezone: unknown time zone {self._zone!r}"
-            ) from err
+            raise ConfigError(f"tables.{table}.event_time.timezone: unknown time zone {self._zone!r}") from err
         self._columns: dict[str, dict[str, pa.DataType]] = {table: {}}
         self._watermark = Watermark.from_spec(self._event)
 
@@ -160,9 +156,7 @@ class Normalizer:
         state = {
             "version": STATE_VERSION,
             "table": self.table,
-            "columns": {
-                t: [[c, type_to_str(ty)] for c, ty in cols.items()] for t, cols in self._columns.items()
-            },
+            "columns": {t: [[c, type_to_str(ty)] for c, ty in cols.items()] for t, cols in self._columns.items()},
             "watermark": self._watermark.state(),
         }
         return orjson.dumps(state)
@@ -308,9 +302,7 @@ class Normalizer:
         if events is None:
             events = pa.nulls(num, TIMESTAMP)
         if self._event is not None and self._event.on_missing == "dead_letter" and events.null_count:
-            missing = np.flatnonzero(
-                ~np.asarray(events.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
-            )
+            missing = np.flatnonzero(~np.asarray(events.is_valid().to_numpy(zero_copy_only=False), dtype=bool))
             rejections.add(_Issue(Reason.MISSING_EVENT_TIME, root, self._event_field, None), missing)
         return events
 
@@ -402,6 +394,4 @@ def _constant(value: str, length: int) -> pa.Array:
     if length * len(data) >= 2**31:
         return pa.repeat(value, length)  # beyond 32-bit offsets: let Arrow decide (and complain)
     offsets = np.arange(length + 1, dtype=np.int32) * np.int32(len(data))
-    return pa.Array.from_buffers(
-        pa.string(), length, [None, pa.py_buffer(offsets), pa.py_buffer(data * length)]
-    )
+    return pa.Array.from_buffers(pa.string(), length, [None, pa.py_buffer(offsets), pa.py_buffer(data * length)])

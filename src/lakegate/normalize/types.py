@@ -214,9 +214,7 @@ def _infer_exact(s: pa.Array, zone: str, start: int) -> pa.DataType:
     if "int" in tries:
         try:
             plus = _any_prefix(s, "+")
-            ints: pa.Array | None = pc.cast(
-                pc.replace_substring_regex(s, r"^\+", "") if plus else s, pa.int64()
-            )
+            ints: pa.Array | None = pc.cast(pc.replace_substring_regex(s, r"^\+", "") if plus else s, pa.int64())
         except pa.ArrowInvalid:
             ints = None
         if ints is not None:

@@ -42,9 +42,7 @@ def load_extension(connection: duckdb.DuckDBPyConnection, name: str) -> None:
         connection.execute(f"INSTALL {name}")
         connection.execute(f"LOAD {name}")
     except duckdb.Error as err:
-        raise MissingExtraError(
-            f"duckdb extension {name!r} (pip install duckdb-extension-{name})", "query"
-        ) from err
+        raise MissingExtraError(f"duckdb extension {name!r} (pip install duckdb-extension-{name})", "query") from err
 
 
 def connect(catalog: Catalog, s3: dict[str, str] | None = None) -> duckdb.DuckDBPyConnection:

@@ -81,9 +81,7 @@ def commit_checkpoint(
                 raise
             last_error = err
         delay = min(0.05 * 2**attempt, 2.0) * random.uniform(0.5, 1.5)  # noqa: S311 - jitter only
-        log.info(
-            "commit of %s checkpoint %d conflicted; retrying in %.2fs", table.name(), checkpoint_id, delay
-        )
+        log.info("commit of %s checkpoint %d conflicted; retrying in %.2fs", table.name(), checkpoint_id, delay)
         time.sleep(delay)
     raise TransientError(
         f"could not commit checkpoint {checkpoint_id} to {'.'.join(table.name())}: {last_error}"

@@ -132,9 +132,7 @@ class TableManager:
             )
             if partition and EVENT_TIME_COLUMN in schema.names:
                 with txn.update_spec() as spec:
-                    spec.add_field(
-                        EVENT_TIME_COLUMN, _TRANSFORMS[partition], f"{EVENT_TIME_COLUMN}_{partition}"
-                    )
+                    spec.add_field(EVENT_TIME_COLUMN, _TRANSFORMS[partition], f"{EVENT_TIME_COLUMN}_{partition}")
             txn.commit_transaction()
             return self.catalog.load_table(identifier)
         except TableAlreadyExistsError:
@@ -168,8 +166,7 @@ def type_signature(data_type: pa.DataType) -> str:
         return f"list<{type_signature(data_type.value_type)}>"
     if pa.types.is_struct(data_type):
         inner = ",".join(
-            f"{data_type.field(i).name}:{type_signature(data_type.field(i).type)}"
-            for i in range(data_type.num_fields)
+            f"{data_type.field(i).name}:{type_signature(data_type.field(i).type)}" for i in range(data_type.num_fields)
         )
         return f"struct<{inner}>"
     return str(data_type)
