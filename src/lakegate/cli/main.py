@@ -10,6 +10,7 @@ from pathlib import Path
 
 import yaml
 
+from lakegate.cli.contract import add_contract_commands
 from lakegate.cli.render import render_table
 from lakegate.core.config import DEFAULT_DATA_DIR, CatalogSpec, PipelineSpec, load_spec, parse_spec
 from lakegate.core.errors import LakegateError
@@ -220,6 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("id")
     q.add_argument("--spec")
     p.set_defaults(func=cmd_dlq)
+
+    add_contract_commands(sub)
 
     p = sub.add_parser("demo", help="generate an orders stream, ingest it, show the result")
     p.add_argument("--dir", default="lakegate-demo")
