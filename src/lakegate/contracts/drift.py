@@ -1,0 +1,363 @@
+"""Window-level column checks: distribution drift and bursts of nulls.
+
+Drift compares one window of rows (``LearnConfig.window_rows``) with the learned baseline, with a
+metric chosen by type:
+
+* categorical (string, boolean): population stability index over the baseline's top categories plus
+  an "other" bucket (a flood of new values lands there);
+* numeric and temporal: Jensen–Shannon divergence (base 2, 0..1) over baseline quantile bins, and
+  Wasserstein-1 distance between the quantile functions, divided by the baseline's interquartile range
+  (a unit change ×100 moves it by about 100 IQRs, a one-sigma mean shift by about 0.74).
+
+The baseline lives in the rule's ``params`` (bins and probabilities, or quantiles), so a checker needs
+nothing else. Thresholds are calibrated in warm-up: every full window seen while learning is measured
+against the baseline of the moment, and a rule's threshold is the larger of a fixed floor and
+``CALIBRATION_FACTOR`` times the 95th percentile of those measurements; a field whose windows differ
+by nature (a day-of-month column, a seasonal mix) thus does not alert on every window.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from lakegate.contracts.api import Alert
+from lakegate.contracts.model import Rule
+from lakegate.contracts.sketches import ColumnProfile, numbers
+
+EVENT_TIME = "_lg_event_time"
+FLOORS: dict[str, float] = {"psi": 0.2, "jensen_shannon": 0.05, "wasserstein": 0.25}
+"""Thresholds below which no window alerts, whatever the calibration says."""
+CALIBRATION_FACTOR = 1.5
+CALIBRATION_QUANTILE = 0.95
+MIN_CALIBRATION_WINDOWS = 5
+PSI_EPSILON = 1e-4
+BODY_RANKS: tuple[float, ...] = tuple(round(0.05 * i, 2) for i in range(1, 20))
+TAIL_RANKS = (0.001, 0.999)
+WASSERSTEIN_RANKS: tuple[float, ...] = tuple(round(0.02 * i, 2) for i in range(1, 50))
+MAX_BASELINE_CATEGORIES = 50
+TOP_BINS = 5
+NULL_Z = 4.0
+MIN_NULLS = 5
+
+
+@dataclass
+class Measurement:
+    """One metric on one window, with the bins that contributed most."""
+
+    metric: str
+    value: float
+    window_values: int
+    top_bins: list[dict[str, Any]] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Metrics
+
+
+def psi(expected: np.ndarray, actual: np.ndarray, eps: float = PSI_EPSILON) -> tuple[float, np.ndarray]:
+    """Population stability index and its per-bin terms (both distributions sum to 1)."""
+    p = np.maximum(np.asarray(expected, dtype=np.float64), eps)
+    q = np.maximum(np.asarray(actual, dtype=np.float64), eps)
+    terms = (q - p) * np.log(q / p)
+    return float(terms.sum()), terms
+
+
+def jensen_shannon(p: np.ndarray, q: np.ndarray) -> tuple[float, np.ndarray]:
+    """Jensen–Shannon divergence in bits (0 = same, 1 = disjoint) and its per-bin terms."""
+    p = np.asarray(p, dtype=np.float64)
+    q = np.asarray(q, dtype=np.float64)
+    m = (p + q) / 2
+    with np.errstate(divide="ignore", invalid="ignore"):
+        left = np.where(p > 0, p * np.log2(p / m), 0.0)
+        right = np.where(q > 0, q * np.log2(q / m), 0.0)
+    terms = (left + right) / 2
+    return float(max(0.0, terms.sum())), terms
+
+
+def wasserstein(baseline_quantiles: np.ndarray, window_quantiles: np.ndarray, scale: float) -> float:
+    """Wasserstein-1 between two quantile functions on the same rank grid, in units of ``scale``."""
+    diff = np.abs(np.asarray(window_quantiles) - np.asarray(baseline_quantiles))
+    return float(diff.mean() / scale)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Baselines (JSON-able, stored in rule params)
+
+
+def categorical_baseline(profile: ColumnProfile) -> dict[str, Any] | None:
+    """Top categories with their probabilities and the probability of all the others."""
+    if profile.categories is None or profile.values == 0:
+        return None
+    top = profile.categories.top(MAX_BASELINE_CATEGORIES)
+    if not top:
+        return None
+    total = profile.values
+    probs = [count / total for _, count in top]
+    return {"values": [v for v, _ in top], "probs": probs, "other": max(0.0, 1.0 - sum(probs))}
+
+
+def binned_baseline(profile: ColumnProfile) -> dict[str, Any] | None:
+    """Bin edges at baseline quantiles (tails from the tail sketches) and each bin's probability.
+
+    Bin ``i`` holds the values in ``(edges[i-1], edges[i]]``; the first and last bins are open.
+    """
+    sketch = profile.numeric
+    if sketch is None or sketch.count == 0:
+        return None
+    low, high = sketch.tails(*TAIL_RANKS)
+    body = sketch.quantiles(BODY_RANKS)
+    edges = np.unique(np.asarray([low, *body, high], dtype=np.float64))
+    cdf = np.asarray(sketch.cdf(edges.tolist())[:-1], dtype=np.float64)
+    cdf[0] = float(sketch.lower.get_rank(edges[0], True)) if edges[0] > sketch.min else cdf[0]
+    if edges[-1] < sketch.max:
+        cdf[-1] = float(sketch.upper.get_rank(edges[-1], True))
+    cdf = np.clip(np.maximum.accumulate(cdf), 0.0, 1.0)
+    probs = np.diff(np.concatenate([[0.0], cdf, [1.0]]))
+    return {"edges": edges.tolist(), "probs": probs.tolist()}
+
+
+def quantile_baseline(profile: ColumnProfile) -> dict[str, Any] | None:
+    """The baseline quantile function on a fixed rank grid and its scale (the IQR)."""
+    sketch = profile.numeric
+    if sketch is None or sketch.count == 0:
+        return None
+    quantiles = sketch.quantiles(WASSERSTEIN_RANKS)
+    q25, q75, q05, q95 = sketch.quantiles([0.25, 0.75, 0.05, 0.95])
+    scale = q75 - q25
+    if scale <= 0:
+        scale = q95 - q05
+    if scale <= 0:
+        scale = sketch.std if sketch.std > 0 else max(abs(sketch.mean), 1.0)
+    return {"ranks": list(WASSERSTEIN_RANKS), "quantiles": quantiles, "iqr": scale}
+
+
+def baseline_for(metric: str, profile: ColumnProfile) -> dict[str, Any] | None:
+    if metric == "psi":
+        return categorical_baseline(profile)
+    if metric == "jensen_shannon":
+        return binned_baseline(profile)
+    return quantile_baseline(profile)
+
+
+def metrics_for(profile: ColumnProfile) -> tuple[str, ...]:
+    """The drift metrics that fit a field's kind."""
+    if profile.kind in ("string", "boolean"):
+        return ("psi",)
+    if profile.kind in ("numeric", "temporal"):
+        return ("jensen_shannon", "wasserstein")
+    return ()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Measuring a window against a baseline
+
+
+def measure(metric: str, baseline: dict[str, Any], column: pa.ChunkedArray) -> Measurement | None:
+    """``metric`` of one window's non-null values against ``baseline``; None if it has no values."""
+    if column.null_count == len(column):
+        return None
+    if metric == "psi":
+        return _measure_psi(baseline, column)
+    values, valid = numbers(column)
+    x = np.asarray(values if valid is None else values[valid], dtype=np.float64)
+    if metric == "jensen_shannon":
+        edges = np.asarray(baseline["edges"], dtype=np.float64)
+        counts = np.bincount(np.searchsorted(edges, x, side="left"), minlength=len(edges) + 1)
+        expected = np.asarray(baseline["probs"], dtype=np.float64)
+        actual = counts / len(x)
+        value, terms = jensen_shannon(expected, actual)
+        labels = _bin_labels(edges)
+        return Measurement(metric, value, len(x), _top(labels, expected, actual, terms))
+    ranks = np.asarray(baseline["ranks"], dtype=np.float64)
+    window = np.quantile(x, ranks, method="inverted_cdf")
+    value = wasserstein(np.asarray(baseline["quantiles"]), window, float(baseline["iqr"]))
+    median = len(ranks) // 2
+    evidence = [
+        {"bin": f"q{ranks[i]:.2f}", "baseline": float(baseline["quantiles"][i]), "window": float(window[i])}
+        for i in (0, median, len(ranks) - 1)
+    ]
+    return Measurement(metric, value, len(x), evidence)
+
+
+def _measure_psi(baseline: dict[str, Any], column: pa.ChunkedArray) -> Measurement:
+    counts = pc.value_counts(column.combine_chunks())
+    observed = dict(zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist(), strict=True))
+    observed.pop(None, None)
+    total = sum(observed.values())
+    values = list(baseline["values"])
+    known = [observed.pop(v, 0) for v in values]
+    expected = np.asarray([*baseline["probs"], baseline["other"]], dtype=np.float64)
+    actual = np.asarray([*known, sum(observed.values())], dtype=np.float64) / total
+    value, terms = psi(expected, actual)
+    labels = [str(v) for v in values] + ["(other)"]
+    top = _top(labels, expected, actual, terms)
+    if observed:
+        newest = sorted(observed.items(), key=lambda kv: -kv[1])[:TOP_BINS]
+        top.append({"bin": "(other)", "examples": [str(v) for v, _ in newest]})
+    return Measurement("psi", value, total, top)
+
+
+def _bin_labels(edges: np.ndarray) -> list[str]:
+    bounds = [-math.inf, *edges.tolist(), math.inf]
+    return [f"({bounds[i]:g}, {bounds[i + 1]:g}]" for i in range(len(bounds) - 1)]
+
+
+def _top(labels: list[str], expected: np.ndarray, actual: np.ndarray, terms: np.ndarray) -> list[dict[str, Any]]:
+    order = np.argsort(-np.abs(terms))[:TOP_BINS]
+    return [
+        {
+            "bin": labels[i],
+            "baseline": round(float(expected[i]), 6),
+            "window": round(float(actual[i]), 6),
+            "contribution": round(float(terms[i]), 6),
+        }
+        for i in order.tolist()
+        if terms[i] != 0
+    ]
+
+
+def calibrated_threshold(metric: str, history: list[float]) -> float:
+    """The larger of the metric's floor and a margin over what warm-up windows showed."""
+    floor = FLOORS[metric]
+    if len(history) < MIN_CALIBRATION_WINDOWS:
+        return floor
+    return max(floor, CALIBRATION_FACTOR * float(np.quantile(history, CALIBRATION_QUANTILE)))
+
+
+def null_threshold(params: dict[str, Any], n: int) -> float:
+    """Nulls in a window of ``n`` rows above which the null rate is a burst (overdispersed binomial)."""
+    p = float(params["baseline_rate"])
+    p_var = max(p, float(params["rate_floor"]))
+    spread = math.sqrt(float(params["dispersion"]) * n * p_var * (1 - min(p_var, 0.999999)))
+    return max(n * p + float(params["z"]) * spread, float(params["min_nulls"]) - 1)
+
+
+def dispersion(rate: float, window_rates: list[float], window_rows: int, floor: float) -> float:
+    """How much more window null rates varied in warm-up than a binomial would (>= 1)."""
+    if len(window_rates) < MIN_CALIBRATION_WINDOWS:
+        return 1.0
+    p = max(rate, floor)
+    binomial = p * (1 - min(p, 0.999999)) / window_rows
+    observed = float(np.mean((np.asarray(window_rates) - rate) ** 2))
+    return max(1.0, observed / binomial)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Window checkers
+
+
+def _window_bounds(window: pa.Table) -> tuple[datetime | None, datetime | None]:
+    if EVENT_TIME not in window.column_names:
+        return None, None
+    bounds = pc.min_max(window.column(EVENT_TIME)).as_py()
+    return bounds["min"], bounds["max"]
+
+
+def _severity(rule: Rule, value: float, threshold: float) -> Any:
+    return "critical" if value >= 2 * threshold else rule.severity
+
+
+class DriftChecker:
+    """Alerts when one column's distribution in a window drifts past the rule's threshold."""
+
+    def __init__(self, rule: Rule) -> None:
+        self.rule = rule
+        self.column = rule.columns[0]
+        self.metric = str(rule.params["metric"])
+        self.threshold = float(rule.params["threshold"])
+
+    def check(self, window: pa.Table, index: int) -> list[Alert]:
+        if self.column not in window.column_names:
+            return []
+        found = measure(self.metric, self.rule.params["baseline"], window.column(self.column))
+        if found is None or found.value <= self.threshold:
+            return []
+        start, end = _window_bounds(window)
+        return [
+            Alert(
+                rule_id=self.rule.id,
+                kind="drift",
+                severity=_severity(self.rule, found.value, self.threshold),
+                message=(
+                    f"{self.column}: {self.metric} {found.value:.3g} over {found.window_values} values "
+                    f"exceeds {self.threshold:.3g}"
+                ),
+                metric=self.metric,
+                value=found.value,
+                threshold=self.threshold,
+                window_index=index,
+                window_start=start,
+                window_end=end,
+                evidence={
+                    "metric": self.metric,
+                    "value": found.value,
+                    "threshold": self.threshold,
+                    "window_values": found.window_values,
+                    "top_bins": found.top_bins,
+                },
+            )
+        ]
+
+    def to_state(self) -> dict[str, Any]:
+        return {}
+
+    def from_state(self, state: dict[str, Any]) -> None:
+        return None
+
+
+class NullRateChecker:
+    """Alerts when a window holds far more nulls than the learned rate allows."""
+
+    def __init__(self, rule: Rule) -> None:
+        self.rule = rule
+        self.column = rule.columns[0]
+
+    def check(self, window: pa.Table, index: int) -> list[Alert]:
+        n = window.num_rows
+        if n == 0:
+            return []
+        nulls = window.column(self.column).null_count if self.column in window.column_names else n
+        limit = null_threshold(self.rule.params, n)
+        if nulls <= limit:
+            return []
+        rate, threshold = nulls / n, limit / n
+        start, end = _window_bounds(window)
+        baseline = float(self.rule.params["baseline_rate"])
+        return [
+            Alert(
+                rule_id=self.rule.id,
+                kind="null_rate",
+                severity=_severity(self.rule, rate, max(threshold, 1 / n)),
+                message=(
+                    f"{self.column}: {nulls} nulls in {n} rows ({rate:.2%}), "
+                    f"learned rate {baseline:.2%}, allowed up to {threshold:.2%}"
+                ),
+                metric="null_rate",
+                value=rate,
+                threshold=threshold,
+                window_index=index,
+                window_start=start,
+                window_end=end,
+                evidence={
+                    "metric": "null_rate",
+                    "value": rate,
+                    "threshold": threshold,
+                    "nulls": nulls,
+                    "rows": n,
+                    "baseline_rate": baseline,
+                },
+            )
+        ]
+
+    def to_state(self) -> dict[str, Any]:
+        return {}
+
+    def from_state(self, state: dict[str, Any]) -> None:
+        return None

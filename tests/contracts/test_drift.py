@@ -1,0 +1,209 @@
+"""Window-level column checks: drift metrics against a learned baseline, and null bursts."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+
+from lakegate.contracts import drift
+from lakegate.contracts.api import Alert, LearnConfig, WindowChecker
+from lakegate.contracts.columns import COLUMN_FAMILY, ColumnLearner
+from lakegate.contracts.model import DatasetSchema, Rule
+
+WINDOW = 1000
+CONFIG = LearnConfig(window_rows=WINDOW)
+COUNTRIES = ["US", "DE", "FR", "GB", "ES", "IT", "NL", "SE"]
+WEIGHTS = np.asarray([0.4, 0.2, 0.12, 0.1, 0.08, 0.05, 0.03, 0.02])
+START = datetime(2024, 3, 1, tzinfo=UTC)
+
+
+def events(n: int, seed: int, *, offset: int = 0, null_rate: float = 0.1) -> pa.Table:
+    """Service events: a latency, a country, a day of month running with time, an optional coupon."""
+    rng = np.random.default_rng(seed)
+    coupon = rng.choice(["SPRING", "VIP", "WELCOME"], n).astype(object)
+    coupon[rng.random(n) < null_rate] = None
+    positions = np.arange(offset, offset + n)
+    times = [START + timedelta(minutes=int(p)) for p in positions]
+    return pa.table(
+        {
+            "latency_ms": rng.normal(100, 15, n),
+            "country": rng.choice(COUNTRIES, n, p=WEIGHTS),
+            "day": (positions // 300) % 28 + 1,  # ~3 windows per month: a window sees a few days only
+            "coupon": pa.array(coupon, pa.string()),
+            "_lg_event_time": pa.array(times, pa.timestamp("us", tz="UTC")),
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def rules() -> dict[str, Rule]:
+    learner = ColumnLearner(CONFIG)
+    for i in range(30):
+        learner.observe(events(2000, seed=i, offset=i * 2000))
+    return {r.id: r for r in learner.rules(DatasetSchema()) if r.level == "window"}
+
+
+def checker(rule: Rule) -> WindowChecker:
+    found = COLUMN_FAMILY.window_checker(rule, CONFIG)
+    assert found is not None
+    return found
+
+
+def alerts(rules: dict[str, Rule], window: pa.Table) -> dict[str, Alert]:
+    out: dict[str, Alert] = {}
+    for rule in rules.values():
+        for alert in checker(rule).check(window, 7):
+            out[alert.rule_id] = alert
+    return out
+
+
+def fresh(seed: int = 1000, **kwargs: float) -> pa.Table:
+    return events(WINDOW, seed, offset=60_000 + (seed - 1000) * WINDOW, **kwargs)
+
+
+# -- metrics -------------------------------------------------------------------------------------------
+
+
+def test_psi() -> None:
+    p = np.asarray([0.5, 0.3, 0.2])
+    assert drift.psi(p, p)[0] == 0.0
+    value, terms = drift.psi(p, np.asarray([0.2, 0.3, 0.5]))
+    assert value == pytest.approx(2 * 0.3 * np.log(0.5 / 0.2))
+    assert terms[1] == 0.0
+
+
+def test_jensen_shannon_is_bounded() -> None:
+    p = np.asarray([0.5, 0.5, 0.0, 0.0])
+    assert drift.jensen_shannon(p, p)[0] == 0.0
+    assert drift.jensen_shannon(p, p[::-1])[0] == pytest.approx(1.0)
+    assert 0 < drift.jensen_shannon(p, np.asarray([0.4, 0.4, 0.2, 0.0]))[0] < 0.2
+
+
+def test_wasserstein_is_in_units_of_the_scale() -> None:
+    q = np.linspace(0, 10, 11)
+    assert drift.wasserstein(q, q + 3, scale=2.0) == pytest.approx(1.5)
+
+
+def test_calibrated_threshold() -> None:
+    assert drift.calibrated_threshold("psi", [0.5] * 4) == drift.FLOORS["psi"]  # too few windows
+    assert drift.calibrated_threshold("psi", [0.01] * 20) == drift.FLOORS["psi"]
+    assert drift.calibrated_threshold("psi", [0.4] * 20) == pytest.approx(0.6)
+
+
+# -- which rules are learned -----------------------------------------------------------------------------
+
+
+def test_metric_per_type(rules: dict[str, Rule]) -> None:
+    assert rules["drift:country:psi"].params["metric"] == "psi"
+    assert rules["drift:latency_ms:jensen_shannon"].params["metric"] == "jensen_shannon"
+    assert rules["drift:latency_ms:wasserstein"].params["metric"] == "wasserstein"
+    assert not any(r.startswith("drift:_lg_event_time") for r in rules)  # trending: drifts by nature
+    assert all(r.action == "alert" for r in rules.values())
+
+
+def test_baselines_live_in_params(rules: dict[str, Rule]) -> None:
+    psi = rules["drift:country:psi"].params["baseline"]
+    assert psi["values"][:2] == ["US", "DE"]
+    assert psi["probs"][0] == pytest.approx(0.4, abs=0.01) and psi["other"] == pytest.approx(0.0)
+    bins = rules["drift:latency_ms:jensen_shannon"].params["baseline"]
+    assert len(bins["probs"]) == len(bins["edges"]) + 1 and sum(bins["probs"]) == pytest.approx(1.0)
+    assert bins["probs"][0] == pytest.approx(0.001, abs=0.001)  # below the 0.1% tail quantile
+    quantiles = rules["drift:latency_ms:wasserstein"].params["baseline"]
+    assert quantiles["iqr"] == pytest.approx(2 * 0.674 * 15, rel=0.1)
+
+
+def test_thresholds_are_calibrated_on_warm_up_windows(rules: dict[str, Rule]) -> None:
+    day = rules["drift:day:jensen_shannon"].params
+    assert day["calibration_windows"] >= drift.MIN_CALIBRATION_WINDOWS
+    assert day["threshold"] > 5 * day["floor"]  # a window sees a few days of the month only
+    latency = rules["drift:latency_ms:jensen_shannon"].params
+    assert latency["threshold"] == latency["floor"]
+
+
+# -- windows ---------------------------------------------------------------------------------------------
+
+
+def test_same_distribution_windows_do_not_alert(rules: dict[str, Rule]) -> None:
+    for seed in range(1000, 1010):
+        assert alerts(rules, fresh(seed)) == {}
+
+
+def test_category_shift(rules: dict[str, Rule]) -> None:
+    window = fresh()
+    rng = np.random.default_rng(3)
+    shifted = window.set_column(1, "country", pa.array(rng.choice(COUNTRIES, WINDOW, p=WEIGHTS[::-1])))
+    found = alerts(rules, shifted)
+    assert set(found) == {"drift:country:psi"}
+    alert = found["drift:country:psi"]
+    assert alert.metric == "psi" and alert.value > alert.threshold
+    assert alert.evidence["metric"] == "psi" and alert.evidence["threshold"] == alert.threshold
+    top = alert.evidence["top_bins"]
+    assert top[0]["bin"] in {"US", "SE"} and top[0]["contribution"] > 0.1
+    assert alert.window_index == 7
+
+
+def test_new_categories_land_in_other(rules: dict[str, Rule]) -> None:
+    window = fresh()
+    country = window.column("country").to_pylist()
+    country[:300] = ["BR"] * 200 + ["MX"] * 100
+    found = alerts(rules, window.set_column(1, "country", pa.array(country)))
+    evidence = found["drift:country:psi"].evidence["top_bins"]
+    assert evidence[0]["bin"] == "(other)" and evidence[0]["window"] == pytest.approx(0.3)
+    assert evidence[-1]["examples"] == ["BR", "MX"]
+
+
+def test_mean_shift(rules: dict[str, Rule]) -> None:
+    window = fresh()
+    shifted = window.set_column(0, "latency_ms", pc.add(window.column("latency_ms"), 22.5))  # +1.5 sigma
+    found = alerts(rules, shifted)
+    assert set(found) == {"drift:latency_ms:jensen_shannon", "drift:latency_ms:wasserstein"}
+    assert found["drift:latency_ms:wasserstein"].value == pytest.approx(22.5 / 20.2, rel=0.2)
+
+
+def test_unit_change_of_a_whole_window(rules: dict[str, Rule]) -> None:
+    window = fresh()
+    scaled = window.set_column(0, "latency_ms", pc.multiply(window.column("latency_ms"), 100))
+    found = alerts(rules, scaled)
+    wasserstein = found["drift:latency_ms:wasserstein"]
+    assert wasserstein.severity == "critical" and wasserstein.value > 100
+    js = found["drift:latency_ms:jensen_shannon"]
+    assert js.value > 0.9 and js.evidence["top_bins"][0]["bin"].endswith(", inf]")
+
+
+def test_sawtooth_field_alerts_only_on_a_real_change(rules: dict[str, Rule]) -> None:
+    window = fresh()
+    assert alerts(rules, window) == {}
+    scaled = window.set_column(2, "day", pc.multiply(window.column("day"), 100))
+    assert "drift:day:wasserstein" in alerts(rules, scaled)
+
+
+def test_null_burst(rules: dict[str, Rule]) -> None:
+    rule = rules["null_rate:coupon"]
+    assert rule.params["baseline_rate"] == pytest.approx(0.1, abs=0.01)
+    assert 0.1 < rule.params["threshold"] < 0.2
+    assert checker(rule).check(fresh(null_rate=0.1), 0) == []
+    found = checker(rule).check(fresh(null_rate=0.6), 3)
+    assert len(found) == 1 and found[0].kind == "null_rate" and found[0].severity == "critical"
+    assert found[0].value == pytest.approx(0.6, abs=0.05) and found[0].threshold == pytest.approx(
+        rule.params["threshold"]
+    )
+    assert found[0].evidence["nulls"] == round(found[0].value * WINDOW)
+    assert found[0].window_start == START + timedelta(minutes=60_000)
+    assert found[0].window_end == START + timedelta(minutes=60_000 + WINDOW - 1)
+
+
+def test_nulls_in_a_never_null_field(rules: dict[str, Rule]) -> None:
+    rule = rules["null_rate:latency_ms"]
+    assert rule.params["baseline_rate"] == 0.0
+    window = fresh()
+    latency = window.column("latency_ms").to_pylist()
+    assert checker(rule).check(window, 0) == []
+    latency[:3] = [None] * 3
+    assert checker(rule).check(window.set_column(0, "latency_ms", pa.array(latency)), 0) == []  # min 5 nulls
+    latency[:20] = [None] * 20
+    assert len(checker(rule).check(window.set_column(0, "latency_ms", pa.array(latency)), 0)) == 1
+    assert len(checker(rule).check(window.drop_columns(["latency_ms"]), 0)) == 1  # absent = all null
