@@ -53,8 +53,15 @@ def _type_name(data_type: pa.DataType) -> str:
 class ContractLearner:
     """Learns one dataset's contract during warm-up."""
 
-    def __init__(self, dataset: str, config: LearnConfig | None = None, families: list[Family] | None = None) -> None:
+    def __init__(
+        self,
+        dataset: str,
+        config: LearnConfig | None = None,
+        families: list[Family] | None = None,
+        keys: list[str] | None = None,
+    ) -> None:
         self.dataset = dataset
+        self.keys = list(keys or [])
         self.config = config or LearnConfig()
         self.families = families if families is not None else default_families()
         self.learners: dict[str, FamilyLearner] = {f.name: f.learner(self.config) for f in self.families}
@@ -111,7 +118,8 @@ class ContractLearner:
             fields=[
                 FieldSchema(name=name, type=type_name, nullable=self.null_counts.get(name, 0) > 0)
                 for name, type_name in self.fields.items()
-            ]
+            ],
+            keys=self.keys,
         )
 
     def build(

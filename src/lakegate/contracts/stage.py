@@ -49,7 +49,7 @@ class ContractStage:
         self.spec = spec
         self.config = LearnConfig(window_rows=spec.window_rows, duplicate_window_s=spec.duplicate_window)
         self.policy = WarmupPolicy(min_rows=spec.warmup_rows, min_seconds=spec.warmup_time, max_shift=spec.max_shift)
-        self.learner = ContractLearner(dataset, self.config)
+        self.learner = ContractLearner(dataset, self.config, keys=spec.keys)
         self.contract: Contract | None = None
         self.enforcer: ContractEnforcer | None = None
         self.mode: Mode = "observe"
