@@ -9,6 +9,7 @@ import yaml
 
 from lakegate.cli.render import render_table
 from lakegate.demo.orders import generate_orders
+from lakegate.demo.semantic import generate_semantic_faults
 from lakegate.query.duckdb_reader import query
 from lakegate.runtime.pipeline import Pipeline
 
@@ -21,6 +22,7 @@ SPEC = {
         "orders": {
             "event_time": {"field": "created_at", "max_out_of_orderness": "5m"},
             "partition": "day",
+            "contract": {"warmup_rows": 8000, "keys": ["order_id"], "window_rows": 2000},
         }
     },
     "checkpoint": {"interval": "5s", "max_rows": 5000},
@@ -39,8 +41,15 @@ FROM demo.orders GROUP BY 1 ORDER BY 1
 """
 
 DEAD_LETTERS = """
-SELECT reason_code, field, count(*) AS records, min(left(message, 70)) AS example
+SELECT reason_code, field, count(*) AS records, min(left(message, 90)) AS example
 FROM demo.orders_demo__dead_letter GROUP BY 1, 2 ORDER BY 3 DESC
+"""
+
+QUARANTINED = """
+SELECT json_extract_string(detail, '$.violations[0].kind') AS rule_kind,
+       json_extract_string(detail, '$.violations[0].rule') AS rule, count(*) AS records,
+       min(left(message, 100)) AS example
+FROM demo.orders_demo__dead_letter WHERE stage = 'contract' GROUP BY 1, 2 ORDER BY 3 DESC
 """
 
 
@@ -50,6 +59,7 @@ def run_demo(directory: Path, records: int = 20_000) -> int:
         shutil.rmtree(directory)
     directory.mkdir(parents=True)
     manifest = generate_orders(directory / "incoming", records=records)
+    semantic = generate_semantic_faults(directory / "incoming", manifest, records=max(records // 3, 3000))
     spec_path = directory / "orders.yaml"
     spec_path.write_text(yaml.safe_dump(SPEC, sort_keys=False))
     incoming = directory / "incoming"
@@ -58,23 +68,37 @@ def run_demo(directory: Path, records: int = 20_000) -> int:
         f"  of which {manifest.malformed} truncated lines, {manifest.invalid_utf8} with invalid UTF-8,"
         f" {manifest.wrong_type} with a non-numeric amount, {manifest.late} late events (2h behind)\n"
     )
+    faults = ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in sorted(semantic.faults.items()))
+    print(
+        f"then {semantic.records:,} more after warm-up with semantic faults ({faults}),"
+        f" a burst of {semantic.late_burst} events 3h late and a channel shift in the last third\n"
+    )
     with Pipeline.from_yaml(spec_path) as pipeline:
         summary = pipeline.run(until_idle=True)
         catalog = pipeline.catalog
     print(summary.render())
-    expected = (manifest.good, manifest.dead_letters)
-    landed = (summary.counts.rows_landed, summary.counts.dead_lettered)
+    read_ok = summary.counts.records_read == manifest.records + semantic.records
+    syntactic = summary.counts.dead_lettered - summary.quarantined
+    ok = read_ok and syntactic == manifest.dead_letters
     print(
-        f"\ngenerator says good={expected[0]:,} bad={expected[1]:,}; lakegate landed={landed[0]:,}"
-        f" dead-lettered={landed[1]:,} -> {'MATCH' if expected == landed else 'MISMATCH'}"
+        f"\ngenerator wrote {manifest.records + semantic.records:,} records, {manifest.dead_letters} broken on purpose;"
+        f" lakegate read {summary.counts.records_read:,} and dead-lettered {syntactic} at decode/normalize"
+        f" -> {'MATCH' if ok else 'MISMATCH'}"
+    )
+    print(
+        f"semantic faults injected after warm-up: {semantic.quarantine_expected};"
+        f" quarantined by the contract: {summary.quarantined}"
     )
     for title, sql in (
         ("Revenue by city (orders joined to their line items, read by DuckDB)", REVENUE_BY_CITY),
         ("Orders per day and late events", LATE_AND_DAYS),
         ("Dead letters by reason", DEAD_LETTERS),
+        ("Quarantined by the contract, by rule", QUARANTINED),
     ):
         print(f"\n{title}:\n{render_table(query(catalog, sql))}")
     print(f"\nspec: {spec_path}   data: {directory / 'lakegate-data'}")
     print(f'try:  lakegate query --spec {spec_path} "SELECT * FROM demo.orders LIMIT 5"')
     print(f"      lakegate dlq list --spec {spec_path}")
-    return 0 if expected == landed else 1
+    print(f"      lakegate contract show orders --spec {spec_path}")
+    print(f"      lakegate contract history orders --spec {spec_path}")
+    return 0 if ok else 1
