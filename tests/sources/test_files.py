@@ -40,9 +40,7 @@ AVRO_SCHEMA = {
 
 
 def make_records(count: int, start: int = 0) -> list[dict[str, Any]]:
-    return [
-        {"id": i, "name": f'name {i}, "quoted" [x]', "score": i * 0.5} for i in range(start, start + count)
-    ]
+    return [{"id": i, "name": f'name {i}, "quoted" [x]', "score": i * 0.5} for i in range(start, start + count)]
 
 
 def encode(fmt: str, records: list[dict[str, Any]]) -> bytes:
@@ -126,9 +124,7 @@ def test_file_source_is_a_source(tmp_path: Path) -> None:
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_reads_every_format_and_compression(tmp_path: Path, fmt: str, compression: str) -> None:
     records = make_records(1000)
-    write(
-        tmp_path / f"data.{EXTENSIONS[fmt]}{suffix(compression)}", compress(encode(fmt, records), compression)
-    )
+    write(tmp_path / f"data.{EXTENSIONS[fmt]}{suffix(compression)}", compress(encode(fmt, records), compression))
     batches = drain(source(tmp_path, batch_rows=97, batch_bytes=4096))
 
     assert ids(batches) == list(range(1000))
@@ -139,9 +135,7 @@ def test_reads_every_format_and_compression(tmp_path: Path, fmt: str, compressio
     first_row = rows(batches)[1]
     assert first_row["name"] == 'name 1, "quoted" [x]'
     assert float(first_row["score"]) == 0.5
-    expected_positions = (
-        [str(i + 1) for i in range(1000)] if fmt == "ndjson" else [str(i) for i in range(1000)]
-    )
+    expected_positions = [str(i + 1) for i in range(1000)] if fmt == "ndjson" else [str(i) for i in range(1000)]
     assert positions(batches) == expected_positions
     assert json.loads(json.dumps(batches[-1].end_position)) == batches[-1].end_position
 
@@ -533,9 +527,7 @@ def test_corrupt_parquet_row_group_keeps_the_groups_before_it(tmp_path: Path) ->
     batches = drain(source(tmp_path, batch_rows=1000))
     assert ids(batches) == list(range(450))
     letters = dead(batches)
-    assert [(d["reason_code"], d["position"], d["byte_start"]) for d in letters] == [
-        ("unreadable", "450", start)
-    ]
+    assert [(d["reason_code"], d["position"], d["byte_start"]) for d in letters] == [("unreadable", "450", start)]
     assert total_read(batches) == 451
 
 
@@ -595,9 +587,7 @@ def test_ndjson_counts_reconcile_for_any_mix(
     expected_good = [str(n + 1) for n, (kind, _) in enumerate(lines) if kind == "good"]
     expected_dead = Counter(kind for kind, _ in lines if kind not in ("good", "blank"))
     assert positions(batches) == expected_good
-    assert [row["id"] for row in rows(batches)] == [
-        orjson.loads(line)["id"] for kind, line in lines if kind == "good"
-    ]
+    assert [row["id"] for row in rows(batches)] == [orjson.loads(line)["id"] for kind, line in lines if kind == "good"]
     assert Counter(d["reason_code"] for d in dead(batches)) == expected_dead
     assert total_read(batches) == len(expected_good) + sum(expected_dead.values())
     for batch in batches:
@@ -673,9 +663,7 @@ def test_file_vanishing_after_the_scan_is_one_dead_letter(tmp_path: Path) -> Non
     assert ids([src.poll()]) == [0, 1]  # type: ignore[list-item]
     gone.unlink()
     batches = drain(src)
-    assert [(b.origin, d["reason_code"]) for b in batches for d in b.dead_letters.rows] == [
-        ("b.ndjson", "unreadable")
-    ]
+    assert [(b.origin, d["reason_code"]) for b in batches for d in b.dead_letters.rows] == [("b.ndjson", "unreadable")]
     assert src.position()["done"] == ["a.ndjson", "b.ndjson"]
 
 

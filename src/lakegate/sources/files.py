@@ -26,21 +26,13 @@ import pyarrow as pa
 from lakegate.core.batch import SourceBatch
 from lakegate.core.config import FileSourceSpec
 from lakegate.core.deadletter import DEFAULT_MAX_PAYLOAD_BYTES, DeadLetters, Reason
-from lakegate.sources.file_formats import (
-    DECODE_STAGE,
-    AvroReader,
-    Chunk,
-    Compression,
-    CsvReader,
-    DecodedStream,
-    Failure,
-    FormatReader,
-    JsonReader,
-    NdjsonReader,
-    NoRecords,
-    ParquetReader,
-    ReadContext,
-)
+from lakegate.sources.compression import Compression, DecodedStream
+from lakegate.sources.readers.avro import AvroReader
+from lakegate.sources.readers.base import DECODE_STAGE, Chunk, Failure, FormatReader, NoRecords, ReadContext
+from lakegate.sources.readers.csv import CsvReader
+from lakegate.sources.readers.json_document import JsonReader
+from lakegate.sources.readers.ndjson import NdjsonReader
+from lakegate.sources.readers.parquet import ParquetReader
 
 _COMPRESSION_SUFFIXES: dict[str, Compression] = {
     ".gz": "gzip",
