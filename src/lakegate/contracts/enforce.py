@@ -110,7 +110,8 @@ class ContractEnforcer:
                 verdict.actions[checker.rule.id] = action
                 if action == "quarantine":
                     quarantined |= result.failed
-        verdict.alerts = self._windows(rows)
+        # Windows describe what lands: quarantined rows are already accounted for row by row.
+        verdict.alerts = self._windows(rows.filter(pa.array(~quarantined)) if quarantined.any() else rows)
         return verdict
 
     def _windows(self, rows: pa.Table) -> list[Alert]:

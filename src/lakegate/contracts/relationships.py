@@ -1001,6 +1001,14 @@ class RelationshipLearner:
             self.sample.kinds.pop(name, None)
 
     def stability(self) -> float:
+        """How much the dependency candidates changed since the last look (0 = not at all).
+
+        Asked once per warm-up batch: buffered rows are counted first, so the answer is current
+        rather than waiting for the next periodic flush.
+        """
+        if self.dependencies.buffered:
+            self.dependencies.flush()
+            self._update_shift()
         return float(self.shift)
 
     def rules(self, schema: DatasetSchema) -> list[Rule]:

@@ -17,12 +17,12 @@ SPEC = {
     "pipeline": "orders_demo",
     "namespace": "demo",
     "data_dir": "lakegate-data",
-    "sources": [{"name": "orders", "type": "files", "path": "incoming", "format": "ndjson"}],
+    "sources": [{"name": "orders", "type": "files", "path": "incoming", "format": "ndjson", "batch_rows": 2500}],
     "tables": {
         "orders": {
             "event_time": {"field": "created_at", "max_out_of_orderness": "5m"},
             "partition": "day",
-            "contract": {"warmup_rows": 8000, "keys": ["order_id"], "window_rows": 2000},
+            "contract": {"warmup_rows": 8000, "max_shift": 0.3, "keys": ["order_id"], "window_rows": 2000},
         }
     },
     "checkpoint": {"interval": "5s", "max_rows": 5000},
@@ -71,7 +71,7 @@ def run_demo(directory: Path, records: int = 20_000) -> int:
     faults = ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in sorted(semantic.faults.items()))
     print(
         f"then {semantic.records:,} more after warm-up with semantic faults ({faults}),"
-        f" a burst of {semantic.late_burst} events 3h late and a channel shift in the last third\n"
+        f" a burst of {semantic.late_burst} events 3h late and a channel shift in the second half\n"
     )
     with Pipeline.from_yaml(spec_path) as pipeline:
         summary = pipeline.run(until_idle=True)

@@ -42,7 +42,7 @@ def generate_semantic_faults(
     lines: list[bytes] = []
     emitted: list[dict[str, object]] = []
     late_start, late_end = records // 3, records // 3 + 400
-    shift_start = 2 * records // 3
+    shift_start = records // 2
     for index in range(records):
         clock += timedelta(seconds=rng.uniform(5, 55))
         when = clock - timedelta(hours=3) if late_start <= index < late_end else clock
