@@ -24,6 +24,7 @@ demo: $(STAMP) ## set up, then generate an orders stream and ingest it into Iceb
 test: $(STAMP) ## set up, then run the tests and a quick ingest benchmark
 	$(PY) -m pytest -q -p no:cacheprovider
 	$(PY) bench/ingest.py --quick
+	$(PY) bench/contracts_accuracy.py --quick
 
 test-fast: $(STAMP) ## the tests without the slow crash and concurrency ones
 	$(PY) -m pytest -q -m "not slow"
@@ -35,8 +36,10 @@ lint: $(STAMP) ## ruff + mypy
 	$(VENV)/bin/ruff check src tests bench
 	$(VENV)/bin/mypy
 
-bench: $(STAMP) ## the benchmarks at full size (installs the peers they compare with)
+bench: $(STAMP) ## the benchmarks at full size (installs the peers they compare with in their own venvs)
 	$(PY) bench/ingest.py
+	$(PY) bench/contracts_accuracy.py
+	$(PY) bench/contracts.py
 
 clean: ## remove the venv and generated data
-	rm -rf $(VENV) .venv-bench-dlt lakegate-data lakegate-demo .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .venv-bench-dlt .venv-bench-checks lakegate-data lakegate-demo .mypy_cache .ruff_cache .pytest_cache
