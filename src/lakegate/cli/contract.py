@@ -21,7 +21,7 @@ from lakegate.contracts.diff import describe_thresholds, fmt_value
 from lakegate.contracts.model import Contract
 from lakegate.contracts.registry import DEFAULT_REGISTRY_URL, ContractRegistry
 from lakegate.core.config import DEFAULT_DATA_DIR, CatalogSpec, load_spec
-from lakegate.core.errors import ConfigError, LakegateError
+from lakegate.core.errors import ConfigError
 
 if TYPE_CHECKING:
     from lakegate.contracts.learn import ContractLearner
@@ -354,14 +354,9 @@ def add_contract_commands(subparsers: Any) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``contract`` subcommands alone (``python -m lakegate.cli.contract show orders``)."""
-    parser = argparse.ArgumentParser(prog="lakegate")
-    add_contract_commands(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["contract", *(argv if argv is not None else sys.argv[1:])])
-    try:
-        return int(args.func(args))
-    except LakegateError as err:
-        print(f"lakegate: {err}", file=sys.stderr)
-        return 2
+    from lakegate.cli.main import main as lakegate_main  # main imports this module
+
+    return lakegate_main(["contract", *(argv if argv is not None else sys.argv[1:])])
 
 
 if __name__ == "__main__":
