@@ -37,7 +37,7 @@ lint: $(STAMP) ## ruff + mypy
 	$(VENV)/bin/mypy
 
 bench: $(STAMP) ## the benchmarks at full size (installs the peers they compare with in their own venvs)
-	$(PY) bench/ingest.py
+	$(PY) bench/ingest.py --repeat 3
 	$(PY) bench/contracts_accuracy.py
 	$(PY) bench/contracts.py
 
