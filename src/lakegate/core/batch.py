@@ -8,6 +8,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from lakegate.core.cdc import SchemaChange
 from lakegate.core.deadletter import DeadLetters
 
 RawPayloads = Callable[[Sequence[int]], list[bytes]]
@@ -34,6 +35,7 @@ class SourceBatch:
         raw: returns the original bytes of chosen rows, so later stages can dead-letter them.
         records_read: records consumed from the source: ``len(records)`` plus the decoder's
             dead letters; the reconciliation's left-hand side.
+        schema_changes: for CDC sources, the shape changes of ``origin`` that start with this batch.
     """
 
     source: str
@@ -44,6 +46,8 @@ class SourceBatch:
     dead_letters: DeadLetters = field(default_factory=DeadLetters)
     raw: RawPayloads = _no_raw
     records_read: int = -1
+    schema_changes: list[SchemaChange] = field(default_factory=list)
+    """Changes of the source table's shape that take effect with this batch (CDC Relation/DDL events)."""
 
     def __post_init__(self) -> None:
         if len(self.positions) != self.records.num_rows:
