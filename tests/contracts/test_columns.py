@@ -510,3 +510,41 @@ def test_nycflights_clean_months_pass_and_typos_fail() -> None:
     distance = next(r for r in rules if r.id == "range:distance")
     value = april.column("distance")[1].as_py()
     assert failed_rows(check(distance, with_value(april.slice(0, 5), "distance", 1, value * 100))) == [1]
+
+
+def test_distinct_sample_is_bounded_deterministic_and_mergeable() -> None:
+    """Bottom-k by hash: the same values whatever the batching, a frequent value counts once."""
+    from lakegate.contracts.sketches import DistinctSample
+
+    values = [f"city-{i}" for i in range(5000)] + ["hot"] * 20000
+    whole = DistinctSample(64)
+    whole.update(pc.unique(pa.array(values)))
+    left, right = DistinctSample(64), DistinctSample(64)
+    for start in range(0, 2500, 500):
+        left.update(pc.unique(pa.array(values[start : start + 500])))
+    right.update(pc.unique(pa.array(values[2500:])))
+    left.merge(right)
+    assert len(whole.values) == 64
+    assert sorted(whole.values) == sorted(left.values)
+    assert set(whole.values) <= set(values)
+    restored = DistinctSample.from_state(whole.to_state())
+    assert restored.values == whole.values
+
+
+def test_learned_contract_publishes_field_profiles() -> None:
+    from lakegate.contracts.learn import ContractLearner
+
+    n = 3000
+    rows = pa.table(
+        {
+            "amount": pa.array([float(i % 500) for i in range(n)]),
+            "status": [("new", "paid", "shipped")[i % 3] for i in range(n)],
+        }
+    )
+    learner = ContractLearner("orders")
+    learner.observe(rows)
+    profiles = learner.build().profiles
+    assert sorted(profiles["status"]["sample"]) == ["new", "paid", "shipped"]
+    assert len(profiles["amount"]["sample"]) == 256
+    assert profiles["amount"]["quantiles"][0] == 0.0 and profiles["amount"]["quantiles"][-1] == 499.0
+    assert profiles["status"]["null_rate"] == 0.0

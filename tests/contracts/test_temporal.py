@@ -320,3 +320,12 @@ def test_flights_windows_and_duplicates() -> None:
     for start in range(0, doubled.num_rows, size):
         flagged[start : start + size] = checker.check(doubled.slice(start, size)).failed
     assert np.flatnonzero(flagged).tolist() == np.flatnonzero(order >= test.num_rows).tolist()
+
+
+def test_a_key_hashes_the_same_whatever_else_is_in_its_batch() -> None:
+    """A string's hash must not depend on the longest string next to it (duplicates across batches)."""
+    from lakegate.contracts.hashing import row_hashes
+
+    alone = row_hashes(pa.table({"k": ["abc"]}), ["k"])
+    beside_long = row_hashes(pa.table({"k": ["abc", "a much longer key than eight bytes"]}), ["k"])
+    assert alone[0] == beside_long[0]

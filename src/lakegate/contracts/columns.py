@@ -203,6 +203,10 @@ class ColumnLearner:
                 out.extend(build(profile, self.config))
         return out
 
+    def field_profiles(self) -> dict[str, dict[str, Any]]:
+        """Per-field value summaries published in the contract (``Contract.profiles``)."""
+        return {name: self.profiles[name].summary() for name in sorted(self.profiles)}
+
     # -- state ----------------------------------------------------------------------------------------
 
     def to_state(self) -> dict[str, Any]:

@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from lakegate.contracts.api import Family, FamilyLearner, LearnConfig
+from lakegate.contracts.columns import ColumnLearner
 from lakegate.contracts.families import default_families
 from lakegate.contracts.model import Contract, DatasetSchema, FieldSchema, Metadata, Provenance
 from lakegate.core.errors import TerminalError
@@ -138,10 +139,19 @@ class ContractLearner:
         rules = declared + [r for r in learned if r.id not in declared_ids]
         if base is not None and base.schema_.keys:
             schema = schema.model_copy(update={"keys": base.schema_.keys})
+        names = {f.name for f in schema.fields}
+        profiles = {
+            name: summary
+            for learner in self.learners.values()
+            if isinstance(learner, ColumnLearner)
+            for name, summary in learner.field_profiles().items()
+            if name in names
+        }
         return Contract(
             dataset=self.dataset,
             schema=schema,
             rules=rules,
+            profiles=profiles,
             policies=base.policies if base else Contract(dataset=self.dataset).policies,
             metadata=base.metadata if base else Metadata(description=f"learned contract of {self.dataset}"),
             provenance=Provenance(

@@ -191,6 +191,9 @@ class Contract(_Frozen):
     """0 until the registry stores it; then 1, 2, ... per dataset."""
     schema_: DatasetSchema = Field(default_factory=DatasetSchema, alias="schema")
     rules: list[Rule] = Field(default_factory=list)
+    profiles: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    """Per field, what learning saw beyond the rules: kind, type, null rate, distinct count, quantiles,
+    top values and a bounded sample of distinct values (schema intelligence matches fields with it)."""
     policies: Policies = Field(default_factory=Policies)
     metadata: Metadata = Field(default_factory=Metadata)
     provenance: Provenance = Field(default_factory=Provenance)

@@ -109,6 +109,7 @@ _CP_DATASET = "lakegateDataset"
 _CP_POLICIES = "lakegatePolicies"
 _CP_PROVENANCE = "lakegateProvenance"
 _CP_KEYS = "lakegateKeys"
+_CP_PROFILES = "lakegateProfiles"
 _SEMVER = re.compile(r"^(\d+)\.0\.0$")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -313,6 +314,8 @@ def export_odcs(contract: Contract) -> str:
         {"property": _CP_POLICIES, "value": contract.policies.model_dump(mode="json")},
         {"property": _CP_PROVENANCE, "value": contract.provenance.model_dump(mode="json")},
     ]
+    if contract.profiles:
+        doc["customProperties"].append({"property": _CP_PROFILES, "value": contract.profiles})
     header = f"# ODCS data contract exported by lakegate: {dataset} v{contract.version}\n"
     return header + yaml.dump(
         doc, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=100, default_flow_style=None
@@ -578,6 +581,7 @@ def import_odcs(text: str, *, dataset: str | None = None, origin: str = "<odcs>"
         "version": version,
         "schema": {"fields": importer.fields, "keys": keys},
         "rules": importer.rules(),
+        "profiles": custom.get(_CP_PROFILES) if isinstance(custom.get(_CP_PROFILES), Mapping) else {},
         "policies": _policies(doc, custom, importer, origin),
         "metadata": _metadata(doc, origin),
         "provenance": custom.get(_CP_PROVENANCE)

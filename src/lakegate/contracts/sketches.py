@@ -29,10 +29,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from lakegate.contracts import formats
+from lakegate.contracts.hashing import hash_array, mix
 
 Kind = Literal["numeric", "temporal", "string", "boolean", "other"]
 
 HLL_LG_K = 12
+SAMPLE_SIZE = 256
+PROFILE_RANKS: tuple[float, ...] = tuple(i / 100 for i in range(101))
+"""Distinct values a profile keeps as examples (for field matching and transform synthesis)."""
 """4096 registers: about 1.6% relative error on the distinct count, ~3 KB."""
 REQ_K = 12
 HEAVY_LG_MAP = 10
@@ -370,6 +374,66 @@ def _distinct_with_counts(column: pa.ChunkedArray) -> tuple[pa.Array, np.ndarray
     return encoded.dictionary, counts, first
 
 
+class DistinctSample:
+    """A uniform sample of a field's *distinct* values: the ``size`` values with the smallest hash.
+
+    Bottom-k by hash is deterministic, mergeable across partitions and independent of how often a
+    value repeats, so a frequent value cannot crowd out the rest; it is what schema intelligence
+    compares an incoming field's values with.
+    """
+
+    def __init__(self, size: int = SAMPLE_SIZE) -> None:
+        self.size = size
+        self.hashes = np.zeros(0, dtype=np.uint64)
+        self.values: list[Any] = []
+
+    def update(self, distinct: pa.Array) -> None:
+        """Add a batch's distinct non-null values (any Arrow type; temporal values kept as ISO text)."""
+        distinct = distinct.drop_null()
+        if len(distinct) == 0:
+            return
+        hashes = mix(hash_array(distinct))
+        if len(self.hashes) >= self.size:
+            keep = hashes < self.hashes.max()
+            if not keep.any():
+                return
+            distinct, hashes = distinct.filter(pa.array(keep)), hashes[keep]
+        if len(hashes) > self.size:
+            chosen = np.argpartition(hashes, self.size - 1)[: self.size]
+            distinct, hashes = distinct.take(pa.array(chosen)), hashes[chosen]
+        self._merge(hashes, _jsonable_values(distinct))
+
+    def _merge(self, hashes: np.ndarray, values: list[Any]) -> None:
+        all_hashes = np.concatenate([self.hashes, hashes])
+        all_values = self.values + values
+        unique, first = np.unique(all_hashes, return_index=True)  # sorted, one entry per value
+        first = first[: self.size]
+        self.hashes = unique[: self.size]
+        self.values = [all_values[i] for i in first.tolist()]
+
+    def merge(self, other: DistinctSample) -> None:
+        self._merge(other.hashes, list(other.values))
+
+    def to_state(self) -> dict[str, Any]:
+        return {"size": self.size, "hashes": b64(self.hashes.tobytes()), "values": self.values}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> DistinctSample:
+        sample = cls(int(state["size"]))
+        sample.hashes = np.frombuffer(unb64(state["hashes"]), dtype=np.uint64).copy()
+        sample.values = list(state["values"])
+        return sample
+
+
+def _jsonable_values(array: pa.Array) -> list[Any]:
+    if pa.types.is_temporal(array.type) or pa.types.is_decimal(array.type):
+        array = pc.cast(array, pa.string())
+    elif pa.types.is_binary(array.type) or pa.types.is_large_binary(array.type):
+        return [v.hex() for v in array.to_pylist()]
+    return array.to_pylist()
+
+
+
 class ColumnProfile:
     """Everything learned about one field; sizes are fixed by the config, not by the data."""
 
@@ -394,6 +458,7 @@ class ColumnProfile:
         """Distinct strings (numeric fields keep theirs in ``numeric``)."""
         self.formats: dict[str, int] = dict.fromkeys(formats.FORMATS, 0) if kind == "string" else {}
         self.format_values = 0
+        self.sample = DistinctSample()
         self.windows: dict[str, list[float]] = {}
         """Window metrics seen while learning (most recent ``HISTORY``), to calibrate thresholds."""
 
@@ -427,6 +492,7 @@ class ColumnProfile:
         if self.first_position < 0:
             self.first_position = offset
         self.last_position = offset + n - 1
+        self.sample.update(pc.unique(column.combine_chunks()))
         if self.numeric is not None:
             values, valid = numbers(column)
             positions = np.arange(offset, offset + n, dtype=np.float64)
@@ -502,6 +568,7 @@ class ColumnProfile:
             self.hll = union.get_result(ds.tgt_hll_type.HLL_4)
         self.formats = {f: c + other.formats[f] for f, c in self.formats.items() if f in other.formats}
         self.format_values += other.format_values
+        self.sample.merge(other.sample)
         for metric, history in other.windows.items():
             for value in history:
                 self.record_window(metric, value)
@@ -524,6 +591,7 @@ class ColumnProfile:
             "formats": self.formats,
             "format_values": self.format_values,
             "windows": self.windows,
+            "sample": self.sample.to_state(),
         }
 
     @classmethod
@@ -542,7 +610,29 @@ class ColumnProfile:
         profile.formats = {str(k): int(v) for k, v in state["formats"].items()}
         profile.format_values = int(state["format_values"])
         profile.windows = {str(k): [float(x) for x in v] for k, v in state["windows"].items()}
+        if "sample" in state:
+            profile.sample = DistinctSample.from_state(state["sample"])
         return profile
+
+    def summary(self) -> dict[str, Any]:
+        """What a contract publishes about the field's values beyond its rules (JSON-able)."""
+        out: dict[str, Any] = {
+            "kind": self.kind,
+            "type": self.type_name,
+            "rows": self.rows,
+            "null_rate": round(self.null_rate, 6),
+            "distinct": round(self.distinct, 1),
+            "sample": list(self.sample.values),
+        }
+        if self.numeric is not None and self.numeric.count:
+            quantiles = self.numeric.quantiles(PROFILE_RANKS)
+            quantiles[0], quantiles[-1] = self.numeric.min, self.numeric.max  # exact ends (KLL's are not)
+            out["quantiles"] = quantiles
+            out["mean"], out["std"] = self.numeric.mean, self.numeric.std
+            out["min"], out["max"] = self.numeric.min, self.numeric.max
+        if self.categories is not None:
+            out["top"] = [[value, count] for value, count in self.categories.top(20)]
+        return out
 
 
 def _grouped(keys: pa.Array, counts: np.ndarray) -> list[tuple[str, int]]:

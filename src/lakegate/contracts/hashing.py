@@ -1,0 +1,115 @@
+"""Vectorized 64-bit hashes of Arrow values and rows (duplicate keys, distinct samples).
+
+Numbers hash by their bit pattern, strings by their bytes laid out in 8-byte words; no per-row Python.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+_M1 = np.uint64(0xBF58476D1CE4E5B9)
+_M2 = np.uint64(0x94D049BB133111EB)
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_NULL = np.uint64(0x6A09E667F3BCC909)
+_STRING_CHUNK_BYTES = 1 << 23
+
+
+def mix(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finalizer, on a uint64 array (wrapping arithmetic)."""
+    x = x + _GOLDEN
+    x = (x ^ (x >> np.uint64(30))) * _M1
+    x = (x ^ (x >> np.uint64(27))) * _M2
+    return np.asarray(x ^ (x >> np.uint64(31)))
+
+
+def _hash_strings(array: pa.Array) -> np.ndarray:
+    """A hash of each string's bytes: the bytes are laid out in zero-padded 8-byte words per row
+    (a reshape when all strings have one length, one scatter otherwise) and folded word by word."""
+    large = pa.types.is_large_string(array.type) or pa.types.is_large_binary(array.type)
+    buffers = array.buffers()
+    offsets = np.frombuffer(buffers[1], dtype=np.int64 if large else np.int32)[
+        array.offset : array.offset + len(array) + 1
+    ].astype(np.int64)
+    data = np.frombuffer(buffers[2], dtype=np.uint8) if buffers[2] is not None else np.zeros(0, dtype=np.uint8)
+    lengths = np.diff(offsets)
+    out = np.empty(len(array), dtype=np.uint64)
+    width = int(-(-int(lengths.max(initial=0)) // 8) * 8) or 8
+    rows_per_chunk = max(1, _STRING_CHUNK_BYTES // width)
+    for start in range(0, len(array), rows_per_chunk):
+        stop = min(start + rows_per_chunk, len(array))
+        n = stop - start
+        first, last = int(offsets[start]), int(offsets[stop])
+        chunk_lengths = lengths[start:stop]
+        padded = np.zeros((n, width), dtype=np.uint8)
+        if n and chunk_lengths.min() == chunk_lengths.max():
+            size = int(chunk_lengths[0])
+            padded[:, :size] = data[first:last].reshape(n, size)
+        elif last > first:
+            rows = np.arange(n, dtype=np.int64) * width - (offsets[start:stop] - first)
+            padded.reshape(-1)[np.arange(last - first, dtype=np.int64) + np.repeat(rows, chunk_lengths)] = data[
+                first:last
+            ]
+        words = padded.view(np.uint64)
+        h = chunk_lengths.astype(np.uint64) * _GOLDEN
+        for k in range(words.shape[1]):
+            # only a string's own words: the hash must not depend on the longest string of the batch
+            folded = (h ^ words[:, k]) * _M1
+            np.copyto(h, folded, where=chunk_lengths > 8 * k)
+        out[start:stop] = mix(h)
+    return out
+
+
+def hash_array(array: pa.Array) -> np.ndarray:
+    """64-bit words standing for one column's values (numbers: their bit pattern; strings: a hash).
+
+    Not mixed: :func:`row_hashes` mixes them (:func:`mix` does). Nulls stand for a constant.
+    """
+    data_type = array.type
+    if pa.types.is_dictionary(data_type):
+        values = hash_array(array.dictionary)
+        indices = pc.fill_null(array.indices, 0).to_numpy(zero_copy_only=False).astype(np.int64)
+        out = values[indices] if len(values) else np.zeros(len(array), dtype=np.uint64)
+    elif _is_text(data_type):
+        out = _hash_strings(array)
+    elif pa.types.is_floating(data_type) or pa.types.is_decimal(data_type):
+        values = pc.fill_null(pc.cast(array, pa.float64()), 0.0).to_numpy(zero_copy_only=False)
+        values = np.where(values == 0, 0.0, values)  # -0.0 == 0.0
+        values = np.where(np.isnan(values), math.nan, values)
+        out = values.astype(np.float64).view(np.uint64)
+    elif pa.types.is_integer(data_type) and data_type.bit_width == 64:
+        out = pc.fill_null(array, 0).to_numpy(zero_copy_only=False).view(np.uint64)
+    elif pa.types.is_boolean(data_type) or pa.types.is_integer(data_type):
+        out = pc.fill_null(pc.cast(array, pa.int64()), 0).to_numpy(zero_copy_only=False).view(np.uint64)
+    elif pa.types.is_temporal(data_type):
+        width = pa.int32() if data_type.bit_width == 32 else pa.int64()
+        out = pc.fill_null(array.view(width).cast(pa.int64()), 0).to_numpy(zero_copy_only=False).view(np.uint64)
+    else:
+        text = [None if v is None else repr(v) for v in array.to_pylist()]
+        out = _hash_strings(pa.array(text, type=pa.string()))
+    if array.null_count:
+        out = np.where(array.is_valid().to_numpy(zero_copy_only=False), out, _NULL)
+    return np.asarray(out, dtype=np.uint64)
+
+
+def _is_text(data_type: pa.DataType) -> bool:
+    return (
+        pa.types.is_string(data_type)
+        or pa.types.is_large_string(data_type)
+        or pa.types.is_binary(data_type)
+        or pa.types.is_large_binary(data_type)
+    )
+
+
+def row_hashes(rows: pa.Table, columns: list[str]) -> np.ndarray:
+    """One 64-bit hash per row over ``columns`` (order matters, names do not)."""
+    combined = np.full(rows.num_rows, np.uint64(len(columns)), dtype=np.uint64)
+    for name in columns:
+        column = rows.column(name)
+        array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+        np.multiply(combined, _M1, out=combined)  # a polynomial over the columns' words, mixed at the end
+        np.add(combined, hash_array(array), out=combined)
+    return mix(combined)
