@@ -118,6 +118,14 @@ class WindowChecker(Protocol):
         """Alerts for one full window of rows."""
         ...
 
+    def check_windows(self, block: pa.Table, first_index: int, size: int) -> list[Alert]:
+        """Alerts for consecutive full windows (``block`` holds a multiple of ``size`` rows).
+
+        The same alerts as :meth:`check` on each window in order; checkers whose metric vectorizes
+        over windows screen them all at once and build alerts only for the windows that fail.
+        """
+        ...
+
     def to_state(self) -> dict[str, Any]: ...
 
     def from_state(self, state: dict[str, Any]) -> None: ...
@@ -136,3 +144,11 @@ class Family(Protocol):
         ...
 
     def window_checker(self, rule: Rule, config: LearnConfig) -> WindowChecker | None: ...
+
+
+def each_window(checker: WindowChecker, block: pa.Table, first_index: int, size: int) -> list[Alert]:
+    """``check_windows`` for checkers that carry state from window to window: one ``check`` each."""
+    alerts: list[Alert] = []
+    for offset in range(0, block.num_rows - size + 1, size):
+        alerts.extend(checker.check(block.slice(offset, size), first_index + offset // size))
+    return alerts

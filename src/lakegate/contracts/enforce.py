@@ -122,14 +122,19 @@ class ContractEnforcer:
         self._buffered += rows.num_rows
         alerts: list[Alert] = []
         size = self.config.window_rows
-        while self._buffered >= size:
-            table = pa.concat_tables(self._buffer, promote_options="default")
-            window, rest = table.slice(0, size), table.slice(size)
-            self._buffer, self._buffered = ([rest] if rest.num_rows else []), rest.num_rows
-            for checker in self.window_checkers:
-                if all(c in window.column_names for c in checker.rule.columns):
-                    alerts.extend(checker.check(window, self.windows_checked))
-            self.windows_checked += 1
+        if self._buffered < size:
+            return alerts
+        table = pa.concat_tables(self._buffer, promote_options="default")
+        full = (self._buffered // size) * size
+        block, rest = table.slice(0, full), table.slice(full)
+        self._buffer, self._buffered = ([rest] if rest.num_rows else []), rest.num_rows
+        if block.num_columns and block.column(0).num_chunks > 1:
+            block = block.combine_chunks()
+        for checker in self.window_checkers:
+            if all(c in block.column_names for c in checker.rule.columns):
+                alerts.extend(checker.check_windows(block, self.windows_checked, size))
+        self.windows_checked += full // size
+        alerts.sort(key=lambda alert: alert.window_index)
         return alerts
 
     def snapshot(self) -> bytes:

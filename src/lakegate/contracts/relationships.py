@@ -43,7 +43,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from lakegate.contracts.api import Alert, LearnConfig, RowCheck, RowChecker, WindowChecker
+from lakegate.contracts.api import Alert, LearnConfig, RowCheck, RowChecker, WindowChecker, each_window
 from lakegate.contracts.model import DatasetSchema, Rule
 
 SYSTEM_PREFIX = "_lg_"
@@ -1494,6 +1494,9 @@ class CorrelationChecker:
         self.baseline = float(rule.params["baseline"])
         self.threshold = float(rule.params["threshold"])
         self.min_rows = int(rule.params.get("min_rows", MIN_CORRELATION_ROWS))
+
+    def check_windows(self, block: pa.Table, first_index: int, size: int) -> list[Alert]:
+        return each_window(self, block, first_index, size)
 
     def check(self, window: pa.Table, index: int) -> list[Alert]:
         x, y = floats(window.column(self.a)), floats(window.column(self.b))

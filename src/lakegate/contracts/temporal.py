@@ -42,7 +42,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from lakegate.contracts.api import Alert, LearnConfig, RowCheck, RowChecker, WindowChecker
+from lakegate.contracts.api import Alert, LearnConfig, RowCheck, RowChecker, WindowChecker, each_window
 from lakegate.contracts.hashing import row_hashes
 from lakegate.contracts.model import DatasetSchema, Rule
 
@@ -756,6 +756,9 @@ class LatenessChecker:
         self.min_rows = int(params.get("min_rows", MIN_LATE_ROWS))
         self.watermark: int | None = None
 
+    def check_windows(self, block: pa.Table, first_index: int, size: int) -> list[Alert]:
+        return each_window(self, block, first_index, size)
+
     def check(self, window: pa.Table, index: int) -> list[Alert]:
         times = event_micros(window)
         if times is None or not len(times):
@@ -829,6 +832,9 @@ class VolumeChecker:
         self.weekly = params.get("seasonality") == "hour_of_week"
         self.low, self.high = float(params["low"]), float(params["high"])
         self.block_low = float(params.get("block_low", 0.0))
+
+    def check_windows(self, block: pa.Table, first_index: int, size: int) -> list[Alert]:
+        return each_window(self, block, first_index, size)
 
     def check(self, window: pa.Table, index: int) -> list[Alert]:
         times = event_micros(window)
@@ -914,6 +920,9 @@ class FreshnessChecker:
     def __init__(self, rule: Rule) -> None:
         self.rule = rule
         self.threshold_s = float(rule.params["threshold_s"])
+
+    def check_windows(self, block: pa.Table, first_index: int, size: int) -> list[Alert]:
+        return each_window(self, block, first_index, size)
 
     def check(self, window: pa.Table, index: int) -> list[Alert]:
         times = event_micros(window)
