@@ -1,0 +1,500 @@
+"""Field matching: which contract field each unmatched incoming field is, with a calibrated confidence.
+
+Names are never the only evidence: the embedding model misses abbreviations (``amt``/``amount`` 0.20)
+and two contract fields can share most of a name (``total_schedule_changes``, ``total_budget_changes``).
+For every (incoming field, contract field) pair the matcher gathers
+
+* name evidence: cosine of the names' embeddings (:mod:`lakegate.ai.embeddings`) and lexical
+  similarity (:mod:`lakegate.schema.lexical`: tokens, abbreviations, 3-grams);
+* value evidence: type compatibility, the profile distance of the raw values to the contract field's
+  learned profile, the distance after the best synthesized transform (its program becomes the
+  mapping), the overlap of values with the profile's known values, and, when a key links incoming
+  rows to contract rows, the share of linked rows the transform reproduces;
+
+and combines them with a logistic model into a confidence in [0, 1]. One-to-one assignment is the
+Hungarian algorithm with a "no match" column per incoming field (a pair below ``threshold`` is never
+proposed). When a field's best two targets are within ``ambiguity_margin``, the choice between them is
+made by value evidence alone and both are recorded.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from scipy.optimize import linear_sum_assignment
+
+from lakegate.contracts.sketches import kind_of
+from lakegate.schema.lexical import lexical_similarity
+from lakegate.schema.profiles import FieldProfile, as_strings, profile_distance
+from lakegate.schema.synthesis import Candidate, synthesize
+
+Status = Literal["auto", "review"]
+
+# Logistic weights of the evidence. TODO(issue 4): set by hand so that value evidence weighs more than
+# both name scores together (an identical name with values at distance 1 stays below 0.5); still to be
+# fitted on generated synthetic renames (abbreviated/prefixed/synonym names, rescaled/re-formatted
+# values, same-kind decoys).
+DEFAULT_WEIGHTS: dict[str, float] = {
+    "bias": -7.0,
+    "cosine": 3.0,
+    "lexical": 3.0,
+    "value": 7.0,
+    "overlap": 1.5,
+    "type": 0.5,
+    "row_match": 4.0,
+}
+TRANSFORM_PENALTY = 0.1
+"""Value similarity lost per step of a synthesized program: a plain match beats a conversion, and a
+program whose parameters were fitted to the target (a scale, an offset) proves less than raw values do."""
+NAME_FLOOR = 0.4
+"""Mean of cosine and lexical similarity a name needs before it can make two targets contend."""
+UNIQUE_SHARE = 0.5
+"""A contract field with more distinct values than this share of its rows (ids, addresses, free text)
+is compared by shape and distribution only: its next batch brings new values, so missing ones prove
+nothing; the values it does share still count, as overlap."""
+
+
+@dataclass(frozen=True)
+class MatchConfig:
+    """Thresholds of the matcher (all confidences are the calibrated logistic output)."""
+
+    threshold: float = 0.5
+    """A pair below this confidence is never proposed (the field stays unmatched)."""
+    auto_apply: float = 0.9
+    """A non-ambiguous match at or above this may be applied without review; below it is held."""
+    ambiguity_margin: float = 0.15
+    """Best and second-best targets closer than this are ambiguous: value evidence decides."""
+    sample_rows: int = 1000
+    """Incoming rows (evenly strided) the value evidence is computed on."""
+    max_candidates: int = 3
+    use_embeddings: bool = True
+    weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
+
+
+@dataclass
+class PairEvidence:
+    """Every score behind one (incoming, contract) pair, kept for the audit."""
+
+    cosine: float
+    lexical: float
+    type_compatibility: float
+    raw_distance: float
+    best_distance: float
+    value: float
+    overlap: float
+    row_match: float | None = None
+    program: Any = None
+    program_steps: int = 0
+    failures: float | None = None
+    sample: list[Any] = field(default_factory=list)
+    confidence: float = 0.0
+    name_confidence: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        program = self.program
+        if program is not None and hasattr(program, "model_dump"):
+            program = program.model_dump(mode="json")
+        return {
+            "cosine": round(self.cosine, 4),
+            "lexical": round(self.lexical, 4),
+            "type_compatibility": self.type_compatibility,
+            "raw_distance": round(self.raw_distance, 4),
+            "best_distance": round(self.best_distance, 4),
+            "value": round(self.value, 4),
+            "overlap": round(self.overlap, 4),
+            "row_match": None if self.row_match is None else round(self.row_match, 4),
+            "program": program,
+            "failures": self.failures,
+            "sample": _jsonable(self.sample),
+            "confidence": round(self.confidence, 4),
+        }
+
+
+@dataclass
+class Alternative:
+    target: str
+    confidence: float
+    value: float
+
+
+@dataclass
+class FieldMatch:
+    """A proposed mapping of one incoming field onto one contract field."""
+
+    incoming: str
+    target: str
+    confidence: float
+    status: Status
+    evidence: PairEvidence
+    ambiguous: bool = False
+    alternatives: list[Alternative] = field(default_factory=list)
+    """The other targets within the ambiguity margin, with their confidence and value score."""
+
+    @property
+    def program(self) -> Any:
+        return self.evidence.program
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "incoming": self.incoming,
+            "target": self.target,
+            "confidence": round(self.confidence, 4),
+            "status": self.status,
+            "ambiguous": self.ambiguous,
+            "alternatives": [
+                {"target": a.target, "confidence": round(a.confidence, 4), "value": round(a.value, 4)}
+                for a in self.alternatives
+            ],
+            "evidence": self.evidence.to_dict(),
+        }
+
+
+@dataclass
+class MatchResult:
+    """The assignment, what stayed unmatched, and the full confidence matrix (for ranking metrics)."""
+
+    matches: list[FieldMatch]
+    unmatched_incoming: list[str]
+    unmatched_contract: list[str]
+    incoming_fields: list[str]
+    contract_fields: list[str]
+    confidence: np.ndarray
+    """``confidence[i, j]``: incoming field ``i`` is contract field ``j`` (before the assignment)."""
+
+    def match_of(self, incoming: str) -> FieldMatch | None:
+        return next((m for m in self.matches if m.incoming == incoming), None)
+
+    def ranked_pairs(self) -> list[tuple[str, str, float]]:
+        """Every pair with its confidence, best first."""
+        pairs = [
+            (a, b, float(self.confidence[i, j]))
+            for i, a in enumerate(self.incoming_fields)
+            for j, b in enumerate(self.contract_fields)
+        ]
+        return sorted(pairs, key=lambda p: -p[2])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "matches": [m.to_dict() for m in self.matches],
+            "unmatched_incoming": self.unmatched_incoming,
+            "unmatched_contract": self.unmatched_contract,
+        }
+
+
+# ---------------------------------------------------------------------------------------------------
+# Evidence
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    return str(value)
+
+
+def _strided(table: pa.Table, limit: int) -> pa.Table:
+    if table.num_rows <= limit:
+        return table
+    return table.take(pa.array(np.linspace(0, table.num_rows - 1, limit).astype(np.int64)))
+
+
+def _values(column: pa.ChunkedArray | pa.Array) -> pa.Array:
+    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    if pa.types.is_dictionary(array.type):
+        array = array.dictionary_decode()
+    return array
+
+
+def value_overlap(values: pa.Array, profile: FieldProfile) -> float:
+    """Share of the incoming distinct values the profile knows, relative to what its sample covers.
+
+    Compared as text, so ``14250`` and ``"14250"`` meet; 0 when the profile keeps no sample.
+    """
+    known = [str(v) for v in profile.known_values() if v is not None]
+    valid = values.drop_null()
+    if not known or len(valid) == 0 or profile.sample_coverage <= 0:
+        return 0.0
+    try:
+        strings = pc.unique(as_strings(valid))
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return 0.0
+    inside = pc.sum(pc.is_in(strings, value_set=pa.array(known, pa.string()))).as_py() or 0
+    return float(min(1.0, inside / len(strings) / min(profile.sample_coverage, 1.0)))
+
+
+def type_compatibility(values: pa.Array, profile: FieldProfile) -> float:
+    """1 for the same kind of values, 0.5 for kinds a conversion bridges, 0 for none known."""
+    kind = kind_of(values.type)
+    if kind == profile.kind:
+        return 1.0
+    bridged = {
+        ("string", "numeric"),
+        ("string", "temporal"),
+        ("numeric", "string"),
+        ("temporal", "string"),
+        ("numeric", "temporal"),
+        ("temporal", "numeric"),
+        ("boolean", "string"),
+        ("string", "boolean"),
+    }
+    return 0.5 if (kind, profile.kind) in bridged else 0.0
+
+
+def shape_profile(profile: FieldProfile) -> FieldProfile:
+    """The profile values are compared with: without its membership test when the field is nearly unique."""
+    if profile.distinct and profile.count and profile.distinct > UNIQUE_SHARE * profile.count * (1 - profile.null_rate):
+        return profile.model_copy(update={"sample_coverage": 0.0})
+    return profile
+
+
+def _synthesize(values: pa.Array, profile: FieldProfile, linked: pa.Array | None, limit: int) -> list[Candidate]:
+    """Candidate transforms (best first); a search that fails on odd data yields none, never an error."""
+    try:
+        return list(synthesize(values, profile, linked_target=linked, max_candidates=limit))
+    except (pa.ArrowException, ValueError, TypeError, ArithmeticError):
+        return []
+
+
+def _program_steps(program: Any) -> int:
+    steps = getattr(program, "steps", None)
+    return len(steps) if isinstance(steps, list) else 0
+
+
+def _identity_row_match(values: pa.Array, linked: pa.Array) -> float | None:
+    both = pc.and_(pc.is_valid(values), pc.is_valid(linked))
+    n = pc.sum(both).as_py() or 0
+    if n == 0:
+        return None
+    try:
+        same = pc.equal(as_strings(values), as_strings(linked))
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return None
+    return float((pc.sum(pc.and_(both, pc.fill_null(same, False))).as_py() or 0) / n)
+
+
+def pair_evidence(
+    values: pa.Array,
+    profile: FieldProfile,
+    cosine: float,
+    lexical: float,
+    linked: pa.Array | None,
+    config: MatchConfig,
+) -> PairEvidence:
+    """The value evidence of one pair (the name evidence is passed in, computed for all pairs at once)."""
+    shape = shape_profile(profile)
+    raw = profile_distance(values, shape) if len(values) else 1.0
+    evidence = PairEvidence(
+        cosine=cosine,
+        lexical=lexical,
+        type_compatibility=type_compatibility(values, profile),
+        raw_distance=raw,
+        best_distance=raw,
+        value=1.0 - raw,
+        overlap=value_overlap(values, profile),
+        row_match=_identity_row_match(values, linked) if linked is not None else None,
+    )
+    candidates = _synthesize(values, shape, linked, config.max_candidates)
+    best = None
+    for candidate in candidates:
+        steps = _program_steps(candidate.program)
+        similarity = 1.0 - float(candidate.profile_distance) - TRANSFORM_PENALTY * steps
+        if linked is not None and candidate.row_match is not None:
+            similarity = max(similarity, float(candidate.row_match) - TRANSFORM_PENALTY * steps)
+        if best is None or similarity > best[0]:
+            best = (similarity, candidate, steps)
+    if best is not None:
+        similarity, candidate, steps = best
+        evidence.program = candidate.program
+        evidence.program_steps = steps
+        evidence.failures = getattr(candidate, "failures", None)
+        evidence.sample = list(getattr(candidate, "sample", []) or [])
+        evidence.best_distance = float(candidate.profile_distance)
+        if linked is not None and candidate.row_match is not None:
+            evidence.row_match = float(candidate.row_match)
+        if similarity > evidence.value:
+            evidence.value = similarity
+            if evidence.type_compatibility < 1.0 and steps > 0:
+                evidence.type_compatibility = max(evidence.type_compatibility, 0.75)
+    return evidence
+
+
+def logistic_confidence(evidence: PairEvidence, weights: dict[str, float]) -> float:
+    """The calibrated probability that the pair is a true match."""
+    z = (
+        weights["bias"]
+        + weights["cosine"] * max(0.0, evidence.cosine)
+        + weights["lexical"] * evidence.lexical
+        + weights["value"] * max(0.0, evidence.value)
+        + weights["overlap"] * evidence.overlap
+        + weights["type"] * evidence.type_compatibility
+    )
+    if evidence.row_match is not None:
+        z += weights["row_match"] * (evidence.row_match - 0.5)
+    return 1.0 / (1.0 + math.exp(-z))
+
+
+def name_scores(incoming: list[str], targets: list[str], use_embeddings: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Embedding cosine and lexical similarity matrices (``len(incoming)`` x ``len(targets)``)."""
+    lexical = np.array([[lexical_similarity(a, b).score for b in targets] for a in incoming], dtype=np.float64)
+    lexical = lexical.reshape(len(incoming), len(targets))
+    if use_embeddings and incoming and targets:
+        from lakegate.ai.embeddings import cosine_matrix
+
+        cosine = np.asarray(cosine_matrix(incoming, targets), dtype=np.float64)
+    else:
+        cosine = lexical.copy()
+    exact = np.array([[a.lower() == b.lower() for b in targets] for a in incoming], dtype=bool)
+    cosine[exact.reshape(cosine.shape)] = 1.0
+    return cosine, lexical
+
+
+# ---------------------------------------------------------------------------------------------------
+# Assignment
+
+
+def _logit(p: np.ndarray | float) -> np.ndarray:
+    q = np.clip(np.asarray(p, dtype=np.float64), 1e-6, 1 - 1e-6)
+    return np.asarray(np.log(q / (1 - q)))
+
+
+def _assign(score: np.ndarray, threshold: float) -> list[tuple[int, int]]:
+    """The most likely one-to-one assignment; each row may take a "no match" priced at ``threshold``.
+
+    Confidences are independent match probabilities, so the likeliest assignment maximizes the sum of
+    their log-odds (a sum of probabilities would let two middling pairs outvote one certain pair).
+    """
+    n_in, n_target = score.shape
+    if n_in == 0 or n_target == 0:
+        return []
+    dummy = np.full((n_in, n_in), -1e6)
+    np.fill_diagonal(dummy, float(_logit(threshold)))
+    gain = np.hstack([_logit(score), dummy])
+    rows, cols = linear_sum_assignment(-gain)
+    return [(int(r), int(c)) for r, c in zip(rows, cols, strict=True) if c < n_target and score[r, c] >= threshold]
+
+
+def _decide_ambiguities(
+    confidence: np.ndarray, name: np.ndarray, value: np.ndarray, margin: float
+) -> tuple[np.ndarray, dict[int, list[int]]]:
+    """Where a field's top targets are within ``margin``, let the best value evidence win among them.
+
+    Two targets are in contention for a field when their confidences are that close, or when their
+    names are (both at least :data:`NAME_FLOOR` alike): ``total_changes`` reads as well as
+    ``total_schedule_changes`` as ``total_budget_changes``, so only the values can tell. Returns the
+    adjusted matrix (the losers of a close call end ``margin`` below the winner) and, per ambiguous
+    field, the targets that were in contention.
+    """
+    adjusted = confidence.copy()
+    contested: dict[int, list[int]] = {}
+    for i in range(confidence.shape[0]):
+        row, names = confidence[i], name[i]
+        if row.size < 2:
+            continue
+        close = set(np.flatnonzero(row >= float(row.max()) - margin).tolist())
+        close = {j for j in close if row[j] >= 0.05}
+        if names.max() >= NAME_FLOOR:
+            close |= set(np.flatnonzero((names >= float(names.max()) - margin) & (names >= NAME_FLOOR)).tolist())
+        if len(close) < 2:
+            continue
+        contested[i] = sorted(int(j) for j in close)
+        winner = max(close, key=lambda j: (value[i, j], row[j]))
+        for j in close:
+            if j != winner:
+                adjusted[i, j] = min(row[j], row[winner] - margin)
+    return adjusted, contested
+
+
+def match_fields(
+    incoming: pa.Table,
+    contract_fields: dict[str, FieldProfile],
+    *,
+    incoming_fields: list[str] | None = None,
+    linked_rows: pa.Table | None = None,
+    config: MatchConfig | None = None,
+) -> MatchResult:
+    """Match the incoming fields onto the contract fields, one to one.
+
+    Args:
+        incoming: the batch (only ``incoming_fields`` of it are matched).
+        contract_fields: the contract fields to match onto, by name, with their learned profiles.
+        incoming_fields: the columns to match (default: every column of ``incoming``).
+        linked_rows: the contract-side rows of the incoming rows when a key links them: row ``i`` is the
+            record incoming row ``i`` refers to (nulls where none), columns named as the contract fields.
+        config: thresholds and weights.
+
+    Raises:
+        ValueError: ``linked_rows`` does not have one row per incoming row, or a named field is missing.
+    """
+    config = config or MatchConfig()
+    names = list(incoming_fields) if incoming_fields is not None else list(incoming.column_names)
+    missing = [n for n in names if n not in incoming.column_names]
+    if missing:
+        raise ValueError(f"incoming_fields not in the batch: {missing}")
+    if linked_rows is not None and linked_rows.num_rows != incoming.num_rows:
+        raise ValueError(f"linked_rows has {linked_rows.num_rows} rows, the batch {incoming.num_rows}")
+    targets = list(contract_fields)
+    if linked_rows is not None:
+        both = pa.table({**{f"i.{n}": incoming.column(n) for n in names}, **_linked_columns(linked_rows, targets)})
+        both = _strided(both, config.sample_rows)
+        sample = pa.table({n: both.column(f"i.{n}") for n in names})
+        linked = {t: _values(both.column(f"l.{t}")) for t in targets if f"l.{t}" in both.column_names}
+    else:
+        sample = _strided(incoming.select(names), config.sample_rows)
+        linked = {}
+    cosine, lexical = name_scores(names, targets, config.use_embeddings)
+    evidence: list[list[PairEvidence]] = []
+    confidence = np.zeros((len(names), len(targets)))
+    value = np.zeros_like(confidence)
+    for i, name in enumerate(names):
+        values = _values(sample.column(name))
+        row: list[PairEvidence] = []
+        for j, target in enumerate(targets):
+            pair = pair_evidence(
+                values, contract_fields[target], float(cosine[i, j]), float(lexical[i, j]), linked.get(target), config
+            )
+            pair.confidence = logistic_confidence(pair, config.weights)
+            confidence[i, j] = pair.confidence
+            value[i, j] = pair.value + (0.0 if pair.row_match is None else pair.row_match)
+            row.append(pair)
+        evidence.append(row)
+    adjusted, contested = _decide_ambiguities(confidence, (cosine + lexical) / 2, value, config.ambiguity_margin)
+    matches: list[FieldMatch] = []
+    for i, j in _assign(adjusted, config.threshold):
+        close = [k for k in contested.get(i, []) if k != j]
+        ambiguous = bool(close)
+        conf = float(confidence[i, j])
+        matches.append(
+            FieldMatch(
+                incoming=names[i],
+                target=targets[j],
+                confidence=conf,
+                status="auto" if conf >= config.auto_apply and not ambiguous else "review",
+                evidence=evidence[i][j],
+                ambiguous=ambiguous,
+                alternatives=[Alternative(targets[k], float(confidence[i, k]), float(value[i, k])) for k in close],
+            )
+        )
+    matched_in = {m.incoming for m in matches}
+    matched_target = {m.target for m in matches}
+    return MatchResult(
+        matches=sorted(matches, key=lambda m: names.index(m.incoming)),
+        unmatched_incoming=[n for n in names if n not in matched_in],
+        unmatched_contract=[t for t in targets if t not in matched_target],
+        incoming_fields=names,
+        contract_fields=targets,
+        confidence=confidence,
+    )
+
+
+def _linked_columns(linked_rows: pa.Table, targets: list[str]) -> dict[str, pa.ChunkedArray]:
+    return {f"l.{t}": linked_rows.column(t) for t in targets if t in linked_rows.column_names}
