@@ -191,6 +191,9 @@ class Contract(_Frozen):
     """0 until the registry stores it; then 1, 2, ... per dataset."""
     schema_: DatasetSchema = Field(default_factory=DatasetSchema, alias="schema")
     rules: list[Rule] = Field(default_factory=list)
+    mappings: list[dict[str, Any]] = Field(default_factory=list)
+    """How incoming fields map onto this contract's fields after an upstream schema change (schema
+    intelligence's ``FieldMapping`` JSON: target, sources, program), applied before the rules."""
     profiles: dict[str, dict[str, Any]] = Field(default_factory=dict)
     """Per field, what learning saw beyond the rules: kind, type, null rate, distinct count, quantiles,
     top values and a bounded sample of distinct values (schema intelligence matches fields with it)."""

@@ -110,6 +110,7 @@ _CP_POLICIES = "lakegatePolicies"
 _CP_PROVENANCE = "lakegateProvenance"
 _CP_KEYS = "lakegateKeys"
 _CP_PROFILES = "lakegateProfiles"
+_CP_MAPPINGS = "lakegateMappings"
 _SEMVER = re.compile(r"^(\d+)\.0\.0$")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -316,6 +317,8 @@ def export_odcs(contract: Contract) -> str:
     ]
     if contract.profiles:
         doc["customProperties"].append({"property": _CP_PROFILES, "value": contract.profiles})
+    if contract.mappings:
+        doc["customProperties"].append({"property": _CP_MAPPINGS, "value": contract.mappings})
     header = f"# ODCS data contract exported by lakegate: {dataset} v{contract.version}\n"
     return header + yaml.dump(
         doc, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=100, default_flow_style=None
@@ -582,6 +585,7 @@ def import_odcs(text: str, *, dataset: str | None = None, origin: str = "<odcs>"
         "schema": {"fields": importer.fields, "keys": keys},
         "rules": importer.rules(),
         "profiles": custom.get(_CP_PROFILES) if isinstance(custom.get(_CP_PROFILES), Mapping) else {},
+        "mappings": custom.get(_CP_MAPPINGS) if isinstance(custom.get(_CP_MAPPINGS), list) else [],
         "policies": _policies(doc, custom, importer, origin),
         "metadata": _metadata(doc, origin),
         "provenance": custom.get(_CP_PROVENANCE)

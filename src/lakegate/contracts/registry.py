@@ -27,10 +27,11 @@ from types import TracebackType
 from typing import Any, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import (
     Column,
     Connection,
+    Float,
     ForeignKeyConstraint,
     Integer,
     MetaData,
@@ -43,6 +44,7 @@ from sqlalchemy import (
     insert,
     select,
     text,
+    update,
 )
 from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError, ProgrammingError
@@ -204,6 +206,20 @@ class ContractRegistry:
             Column("actor", String(255), nullable=False),
             Column("contract_version", Integer),
             Column("record", Text, nullable=False),
+        )
+        self._proposals = Table(
+            "proposals",
+            metadata,
+            Column("id", String(64), primary_key=True),
+            Column("dataset", String(255), nullable=False, index=True),
+            Column("signature", String(255), nullable=False),
+            Column("created_at", String(40), nullable=False),
+            Column("status", String(20), nullable=False),
+            Column("confidence", Float),
+            Column("decided_at", String(40)),
+            Column("decided_by", String(255)),
+            Column("contract_version", Integer),
+            Column("body", Text, nullable=False),
         )
         self._create_tables(metadata, schema)
 
@@ -629,3 +645,99 @@ class ContractRegistry:
                     f"contract registry {self.url}: decision {row.id} is unreadable:\n{validation_lines(err)}"
                 ) from err
         return out
+
+    # -- proposals ----------------------------------------------------------------------------
+
+    def add_proposal(self, proposal: ProposalRecord) -> ProposalRecord:
+        """Store a schema-change proposal (its body is immutable; only its status moves on)."""
+        try:
+            with self._tx() as conn:
+                conn.execute(
+                    insert(self._proposals).values(
+                        id=proposal.id,
+                        dataset=proposal.dataset,
+                        signature=proposal.signature,
+                        created_at=_ts(proposal.created_at),
+                        status=proposal.status,
+                        confidence=proposal.confidence,
+                        decided_at=_ts(proposal.decided_at) if proposal.decided_at else None,
+                        decided_by=proposal.decided_by,
+                        contract_version=proposal.contract_version,
+                        body=orjson.dumps(proposal.body).decode(),
+                    )
+                )
+        except IntegrityError as err:
+            raise TerminalError(f"proposal {proposal.id} is already stored") from err
+        return proposal
+
+    def proposals(self, dataset: str | None = None, status: str | None = None) -> list[ProposalRecord]:
+        """Stored proposals, oldest first, optionally of one dataset or status."""
+        p = self._proposals
+        query = select(p).order_by(p.c.created_at, p.c.id)
+        if dataset is not None:
+            query = query.where(p.c.dataset == dataset)
+        if status is not None:
+            query = query.where(p.c.status == status)
+        with self._tx() as conn:
+            return [_proposal_of(row) for row in conn.execute(query).all()]
+
+    def proposal(self, proposal_id: str) -> ProposalRecord:
+        """Raises: TerminalError when no proposal has this id (or a unique prefix of it)."""
+        p = self._proposals
+        with self._tx() as conn:
+            rows = conn.execute(select(p).where(p.c.id.startswith(proposal_id, autoescape=True))).all()
+        if len(rows) != 1:
+            found = "no" if not rows else f"{len(rows)}"
+            raise TerminalError(f"{found} proposal(s) match {proposal_id!r}; see `lakegate proposals list`")
+        return _proposal_of(rows[0])
+
+    def set_proposal_status(
+        self, proposal_id: str, status: ProposalStatus, *, actor: str, contract_version: int | None = None
+    ) -> ProposalRecord:
+        """Move a proposal on (``pending`` -> ``applied``/``rejected``; ``applied`` -> ``reverted``)."""
+        current = self.proposal(proposal_id)
+        allowed = {"pending": {"applied", "rejected"}, "applied": {"reverted"}}
+        if status not in allowed.get(current.status, set()):
+            raise TerminalError(f"proposal {current.id} is {current.status}; it cannot become {status}")
+        values: dict[str, Any] = {"status": status, "decided_at": _now(), "decided_by": actor}
+        if contract_version is not None:
+            values["contract_version"] = contract_version
+        with self._tx() as conn:
+            conn.execute(update(self._proposals).where(self._proposals.c.id == current.id).values(**values))
+        return self.proposal(current.id)
+
+
+ProposalStatus = Literal["pending", "applied", "rejected", "reverted"]
+
+
+class ProposalRecord(BaseModel):
+    """A stored schema-change proposal: what schema intelligence suggested and where it stands."""
+
+    id: str
+    dataset: str
+    signature: str
+    """Which upstream change it answers (the unmatched incoming and contract fields)."""
+    created_at: datetime
+    status: ProposalStatus = "pending"
+    confidence: float | None = None
+    decided_at: datetime | None = None
+    decided_by: str | None = None
+    contract_version: int | None = None
+    """The contract version that applied it."""
+    body: dict[str, Any] = Field(default_factory=dict)
+    """Mappings, programs, evidence, validation and, where a model was asked, prompt and response."""
+
+
+def _proposal_of(row: Any) -> ProposalRecord:
+    return ProposalRecord(
+        id=row.id,
+        dataset=row.dataset,
+        signature=row.signature,
+        created_at=datetime.fromisoformat(row.created_at),
+        status=row.status,
+        confidence=row.confidence,
+        decided_at=datetime.fromisoformat(row.decided_at) if row.decided_at else None,
+        decided_by=row.decided_by,
+        contract_version=row.contract_version,
+        body=orjson.loads(row.body),
+    )

@@ -83,6 +83,11 @@ class ContractSpec(_Model):
     """Fields identifying an event, for duplicate detection (learned when empty)."""
     window_rows: int = Field(default=10_000, ge=100)
     duplicate_window: Duration = 3600.0
+    schema_intelligence: bool = True
+    """Once enforcing, match fields of an upstream schema change onto the contract and map them."""
+    auto_apply: float = Field(default=0.9, ge=0, le=1)
+    """A schema-change proposal applies itself when every mapping is at least this confident (and
+    validates); below, it is held for review and the new-shape rows are dead-lettered."""
 
 
 class TableSpec(_Model):

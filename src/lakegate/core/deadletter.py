@@ -29,6 +29,8 @@ class Reason(StrEnum):
     MISSING_EVENT_TIME = "missing_event_time"
     CHILD_REJECTED = "child_rejected"
     CONTRACT_VIOLATION = "contract_violation"
+    SCHEMA_HELD = "schema_held"
+    """An upstream schema change awaits review; replayable once its proposal is approved."""
 
 
 DEAD_LETTER_SCHEMA = pa.schema(

@@ -17,6 +17,7 @@ from lakegate.normalize.stage import NormalizedBatch, Normalizer
 from lakegate.runtime.checkpoint import Counts, OpenCheckpoint, finish_pending, run_protocol
 from lakegate.runtime.governance import Governance, quarantine
 from lakegate.runtime.state import CheckpointRecord, StateStore
+from lakegate.schema.stage import SchemaPolicy, SchemaStage
 from lakegate.sinks.catalog import open_catalog
 from lakegate.sinks.commit import delete_stray_files
 from lakegate.sinks.tables import Granularity, TableManager
@@ -52,6 +53,8 @@ class RunSummary:
     """Rows landed per table in this run (children included)."""
     quarantined: int = 0
     """Rows the semantic contracts sent to the dead-letter table (part of ``dead_lettered``)."""
+    held: int = 0
+    """Rows of an upstream schema change held for review (dead-lettered, replayable on approval)."""
     alerts: list[Any] = field(default_factory=list)
     """Window alerts raised by the contracts (rows landed)."""
 
@@ -77,6 +80,8 @@ class RunSummary:
         ]
         if self.quarantined:
             lines.append(f"  of the dead-lettered, quarantined by contracts: {self.quarantined:,}")
+        if self.held:
+            lines.append(f"  of the dead-lettered, held for a schema review: {self.held:,} (lakegate proposals list)")
         for table, rows in sorted(self.tables.items()):
             lines.append(f"  table {table:<32} +{rows:,} rows")
         if self.alerts:
@@ -121,18 +126,22 @@ class Pipeline:
     @staticmethod
     def _governance(spec: PipelineSpec) -> Governance | None:
         stages: dict[str, ContractStage] = {}
+        schema_stages: dict[str, SchemaStage] = {}
         pins: dict[str, int | None] = {}
         for table in sorted(set(spec.table_of(s) for s in spec.sources)):
             contract_spec = spec.table_spec(table).contract
             if contract_spec is not None and contract_spec.enabled:
                 stages[table] = ContractStage(table, contract_spec)
                 pins[table] = contract_spec.pin_version
-        return Governance(spec.registry_url, stages, pins) if stages else None
+                if contract_spec.schema_intelligence:
+                    schema_stages[table] = SchemaStage(table, SchemaPolicy(auto_apply=contract_spec.auto_apply))
+        return Governance(spec.registry_url, stages, pins, schema_stages) if stages else None
 
     def _operator_state(self) -> dict[str, bytes]:
         state = {name: n.snapshot() for name, n in self.normalizers.items()}
         if self.governance:
             state.update({f"contract:{t}": s.snapshot() for t, s in self.governance.stages.items()})
+            state.update({f"schema:{t}": s.snapshot() for t, s in self.governance.schema_stages.items()})
         return state
 
     @classmethod
@@ -180,6 +189,10 @@ class Pipeline:
                 stage = self.governance.stages.get(name.removeprefix("contract:"))
                 if stage is not None:
                     stage.restore(base64.b64decode(encoded))
+            elif name.startswith("schema:") and self.governance:
+                schema_stage = self.governance.schema_stages.get(name.removeprefix("schema:"))
+                if schema_stage is not None:
+                    schema_stage.restore(base64.b64decode(encoded))
         if self.governance:
             self.governance.follow_active()
         self._positions = dict(record.source_positions)
@@ -222,6 +235,12 @@ class Pipeline:
         except Exception as err:
             raise StageError("normalize", checkpoint.checkpoint_id, f"{type(err).__name__}: {err}") from err
         quarantined = 0
+        if self.governance is not None:
+            try:
+                result, held = self.governance.schema_batch(table, result, batch)
+            except Exception as err:
+                raise StageError("schema", checkpoint.checkpoint_id, f"{type(err).__name__}: {err}") from err
+            summary.held += held
         stage = self.governance.stages.get(table) if self.governance else None
         if stage is not None and self.governance is not None and result.rows.num_rows:
             try:
