@@ -10,8 +10,10 @@ from pathlib import Path
 
 import yaml
 
+from lakegate.cli.cdc import add_cdc_commands
 from lakegate.cli.contract import add_contract_commands
 from lakegate.cli.render import render_table
+from lakegate.cli.schema import add_schema_commands
 from lakegate.core.config import DEFAULT_DATA_DIR, CatalogSpec, PipelineSpec, load_spec, parse_spec
 from lakegate.core.errors import LakegateError
 
@@ -223,6 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_dlq)
 
     add_contract_commands(sub)
+    add_schema_commands(sub)
+    add_cdc_commands(sub)
 
     p = sub.add_parser("demo", help="generate an orders stream, ingest it, show the result")
     p.add_argument("--dir", default="lakegate-demo")

@@ -36,6 +36,7 @@ class SourceBatch:
         records_read: records consumed from the source: ``len(records)`` plus the decoder's
             dead letters; the reconciliation's left-hand side.
         schema_changes: for CDC sources, the shape changes of ``origin`` that start with this batch.
+        table: the target table, for sources that feed several.
     """
 
     source: str
@@ -47,6 +48,9 @@ class SourceBatch:
     raw: RawPayloads = _no_raw
     records_read: int = -1
     schema_changes: list[SchemaChange] = field(default_factory=list)
+    table: str | None = None
+    """The target table when a source feeds several (CDC: one per source table; replays: the dead
+    letter's table); ``None``: the source's table from the spec."""
     """Changes of the source table's shape that take effect with this batch (CDC Relation/DDL events)."""
 
     def __post_init__(self) -> None:

@@ -120,6 +120,7 @@ class Pipeline:
         }
         self.governance = self._governance(spec)
         self.known_tables: list[str] = []
+        self._pending_state: dict[str, str] = {}
         self.last_checkpoint = 0
         self._positions: dict[str, Any] = {}
 
@@ -138,7 +139,8 @@ class Pipeline:
         return Governance(spec.registry_url, stages, pins, schema_stages) if stages else None
 
     def _operator_state(self) -> dict[str, bytes]:
-        state = {name: n.snapshot() for name, n in self.normalizers.items()}
+        state = {name: base64.b64decode(encoded) for name, encoded in self._pending_state.items()}
+        state.update({name: n.snapshot() for name, n in self.normalizers.items()})
         if self.governance:
             state.update({f"contract:{t}": s.snapshot() for t, s in self.governance.stages.items()})
             state.update({f"schema:{t}": s.snapshot() for t, s in self.governance.schema_stages.items()})
@@ -185,6 +187,8 @@ class Pipeline:
         for name, encoded in record.operator_state.items():
             if name in self.normalizers:
                 self.normalizers[name].restore(base64.b64decode(encoded))
+            elif ":" not in name:
+                self._pending_state[name] = encoded  # a table named by its batches: restored on first sight
             elif name.startswith("contract:") and self.governance:
                 stage = self.governance.stages.get(name.removeprefix("contract:"))
                 if stage is not None:
@@ -225,13 +229,24 @@ class Pipeline:
             return None
         return "day" if table_spec.partition == "auto" else table_spec.partition
 
+    def _normalizer(self, table: str) -> Normalizer:
+        """The table's normalizer; tables a source names per batch (CDC, replays) get one on first sight."""
+        normalizer = self.normalizers.get(table)
+        if normalizer is None:
+            normalizer = Normalizer(table, self.spec.table_spec(table), self.spec.dead_letter.max_payload_bytes)
+            encoded = self._pending_state.pop(table, None)
+            if encoded is not None:
+                normalizer.restore(base64.b64decode(encoded))
+            self.normalizers[table] = normalizer
+        return normalizer
+
     def _process(self, source: Source, checkpoint: OpenCheckpoint, summary: RunSummary) -> bool:
         batch = source.poll()
         if batch is None:
             return False
-        table = self._source_tables[source.name]
+        table = batch.table or self._source_tables[source.name]
         try:
-            result: NormalizedBatch = self.normalizers[table].process(batch)
+            result: NormalizedBatch = self._normalizer(table).process(batch)
         except Exception as err:
             raise StageError("normalize", checkpoint.checkpoint_id, f"{type(err).__name__}: {err}") from err
         quarantined = 0
