@@ -48,6 +48,9 @@ class SourceBatch:
     raw: RawPayloads = _no_raw
     records_read: int = -1
     schema_changes: list[SchemaChange] = field(default_factory=list)
+    side_rows: dict[str, pa.Table] = field(default_factory=dict)
+    """Bookkeeping rows for auxiliary tables, committed in the same checkpoint as the records and not
+    counted as records (a replay's markers of the dead letters it replayed)."""
     table: str | None = None
     """The target table when a source feeds several (CDC: one per source table; replays: the dead
     letter's table); ``None``: the source's table from the spec."""

@@ -276,6 +276,8 @@ class Pipeline:
         )
         counts.check(f"batch {batch.source_ref} (checkpoint {checkpoint.checkpoint_id})")
         checkpoint.add_rows(table, result.rows)
+        for side_table, side_rows in batch.side_rows.items():
+            checkpoint.add_rows(side_table, side_rows)
         for child, rows in result.children.items():
             checkpoint.add_rows(child, rows)
         for dead_letter in result.dead_letters.rows:
