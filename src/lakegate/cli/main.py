@@ -225,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_dlq)
 
     add_contract_commands(sub)
-    add_schema_commands(sub)
+    add_schema_commands(sub, dlq)
     add_cdc_commands(sub)
 
     p = sub.add_parser("demo", help="generate an orders stream, ingest it, show the result")

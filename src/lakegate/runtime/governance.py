@@ -148,6 +148,7 @@ class Governance:
             current = self.registry.resolve(table, pins.get(table))
             if current is not None:
                 stage.use(current)
+        self._sync_proposals()
 
     def after_batch(self, table: str, outcome: ContractOutcome) -> None:
         """Register a contract learned at the end of warm-up; record alerts."""
@@ -269,7 +270,9 @@ class Governance:
 
     def _sync_proposals(self) -> None:
         """Approvals and rejections made from the CLI reach the running schema gates."""
-        for stage in self.schema_stages.values():
+        for table, stage in self.schema_stages.items():
+            stage.review_only = {p.signature for p in self.registry.proposals(dataset=table, status="reverted")}
+            stage.rejected |= {p.signature for p in self.registry.proposals(dataset=table, status="rejected")}
             for signature, proposal_id in list(stage.held.items()):
                 status = self.registry.proposal(proposal_id).status
                 if status == "rejected":

@@ -127,6 +127,8 @@ class SchemaStage:
         """Signature -> id of the pending proposal that holds rows of that shape."""
         self.rejected: set[str] = set()
         """Changes a person rejected as renames: their fields flow on as new columns."""
+        self.review_only: set[str] = set()
+        """Changes whose automatic mapping a person reverted: proposals for them always wait for review."""
 
     # -- the batch ----------------------------------------------------------------------------------
 
@@ -153,6 +155,9 @@ class SchemaStage:
             if int(shape.sum()) < self.policy.min_rows:
                 return outcome  # too few rows to judge: they flow on as they are (added fields)
             proposal = self.propose(rows.filter(pa.array(shape)), contract, incoming, missing, signature)
+            if signature in self.review_only:
+                proposal.reasons.append("a person reverted an automatic mapping of this change before")
+                proposal.auto = False
             outcome.proposals.append(proposal)
             if proposal.auto:
                 applied, more = apply_mappings(rows, proposal.mappings)

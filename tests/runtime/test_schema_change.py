@@ -1,0 +1,194 @@
+"""An upstream schema change mid-stream, end to end: rename, unit change as a string, a moved nested
+field. Auto-applied when confident; held, approved and replayed when not; rejected; reverted. In every
+case no row is lost or duplicated and the orders table keeps its schema."""
+
+from __future__ import annotations
+
+import json
+import random
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lakegate.cli.main import main as cli
+from lakegate.contracts.registry import ContractRegistry
+from lakegate.core.config import load_spec
+from lakegate.runtime.pipeline import Pipeline
+from tests.runtime.helpers import read_back
+
+pytestmark = pytest.mark.slow
+
+CITIES = [("Paris", "75001"), ("Lyon", "69001"), ("Berlin", "10115"), ("Madrid", "28001"), ("Rome", "00118")]
+START = datetime(2026, 1, 1, tzinfo=UTC)
+OLD_FILES, NEW_FILES, PER_FILE = 4, 2, 1000
+
+
+def order(i: int, rng: random.Random, new_shape: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The record as the source writes it, and the row the orders table must hold for it."""
+    customer, amount = rng.randint(1000, 9999), round(rng.uniform(5, 500), 2)
+    city, zip_code = rng.choice(CITIES)
+    created = (START + timedelta(minutes=i)).isoformat()
+    currency = rng.choice(["EUR", "USD"])
+    expected = {"order_id": f"ORD-{i:07d}", "customer_id": customer, "amount": amount, "shipping__city": city}
+    if not new_shape:
+        record = {"order_id": expected["order_id"], "customer_id": customer, "amount": amount, "currency": currency,
+                  "created_at": created, "shipping": {"city": city, "zip": zip_code}}  # fmt: skip
+    else:  # upstream renamed customer_id, sends cents as a string, moved shipping.city to delivery.city
+        record = {"order_id": expected["order_id"], "cust_id": customer, "amount_cents": str(round(amount * 100)),
+                  "currency": currency, "created_at": created, "delivery": {"city": city},
+                  "shipping": {"zip": zip_code}}  # fmt: skip
+    return record, expected
+
+
+def write_orders(directory: Path, files: range, new_shape: bool, seed: int = 7) -> list[dict[str, Any]]:
+    directory.mkdir(parents=True, exist_ok=True)
+    expected = []
+    for f in files:
+        rng = random.Random(seed * 1000 + f)
+        lines = []
+        for i in range(f * PER_FILE, (f + 1) * PER_FILE):
+            record, row = order(i, rng, new_shape)
+            lines.append(json.dumps(record))
+            expected.append(row)
+        (directory / f"part-{f:02d}.ndjson").write_text("\n".join(lines) + "\n")
+    return expected
+
+
+def write_spec(tmp_path: Path, auto_apply: float) -> Path:
+    spec = tmp_path / "orders.yaml"
+    spec.write_text(
+        json.dumps(
+            {
+                "pipeline": "sc",
+                "data_dir": str(tmp_path / "data"),
+                "sources": [{"name": "orders", "path": str(tmp_path / "in"), "format": "ndjson"}],
+                "tables": {"orders": {"event_time": {"field": "created_at"},
+                                      "contract": {"warmup_rows": 2000, "auto_apply": auto_apply}}},
+                "checkpoint": {"max_rows": 1000},
+            }
+        )  # fmt: skip
+    )
+    return spec
+
+
+def run(spec: Path) -> Any:
+    with Pipeline(load_spec(spec)) as pipeline:
+        return pipeline.run(until_idle=True)
+
+
+def landed(tmp_path: Path) -> dict[str, dict[str, Any]]:
+    rows = read_back(
+        tmp_path / "data",
+        "SELECT order_id, customer_id, amount, shipping__city FROM lakegate.orders",
+    ).to_pylist()
+    ids = [r["order_id"] for r in rows]
+    assert len(ids) == len(set(ids)), "an order landed twice"
+    return {r["order_id"]: r for r in rows}
+
+
+def columns(tmp_path: Path) -> set[str]:
+    table = read_back(tmp_path / "data", "SELECT * FROM lakegate.orders LIMIT 0")
+    return {c for c in table.column_names if not c.startswith("_lg_")}
+
+
+def registry(tmp_path: Path) -> ContractRegistry:
+    return ContractRegistry(f"sqlite:///{tmp_path / 'data' / 'contracts.db'}")
+
+
+ORDER_COLUMNS = {"order_id", "customer_id", "amount", "currency", "created_at", "shipping__city", "shipping__zip"}
+
+
+def assert_exact(tmp_path: Path, expected: list[dict[str, Any]]) -> None:
+    got = landed(tmp_path)
+    assert set(got) == {e["order_id"] for e in expected}
+    for row in expected:
+        assert got[row["order_id"]] == pytest.approx(row), row["order_id"]
+
+
+def test_a_confident_change_is_applied_and_nothing_is_lost(tmp_path: Path) -> None:
+    expected = write_orders(tmp_path / "in", range(OLD_FILES), new_shape=False)
+    expected += write_orders(tmp_path / "in", range(OLD_FILES, OLD_FILES + NEW_FILES), new_shape=True)
+    spec = write_spec(tmp_path, auto_apply=0.8)
+
+    summary = run(spec)
+
+    assert summary.reconciled and summary.held == 0 and summary.counts.dead_lettered == 0
+    assert_exact(tmp_path, expected)
+    assert columns(tmp_path) == ORDER_COLUMNS  # no cust_id, amount_cents, delivery__city
+    reg = registry(tmp_path)
+    applied = reg.decisions(dataset="orders", kind="schema.mapping_applied")
+    assert len(applied) == 1
+    evidence = applied[0].evidence
+    assert {m["target"]: m["sources"] for m in evidence["mappings"]} == {
+        "customer_id": ["cust_id"],
+        "amount": ["amount_cents"],
+        "shipping__city": ["delivery__city"],
+    }
+    assert evidence["validation"]["amount"]["valid_share"] == 1.0
+    active = reg.active("orders")
+    assert active is not None and len(active.mappings) == 3
+    assert reg.proposals(status="applied")[0].contract_version == active.version
+
+
+def test_a_held_change_is_approved_then_replayed_exactly_once(tmp_path: Path, capsys: Any) -> None:
+    expected = write_orders(tmp_path / "in", range(OLD_FILES), new_shape=False)
+    expected += write_orders(tmp_path / "in", range(OLD_FILES, OLD_FILES + NEW_FILES), new_shape=True)
+    spec = write_spec(tmp_path, auto_apply=0.999)
+
+    summary = run(spec)
+    assert summary.held == NEW_FILES * PER_FILE and summary.reconciled
+    assert len(landed(tmp_path)) == OLD_FILES * PER_FILE
+    pending = registry(tmp_path).proposals(status="pending")
+    assert len(pending) == 1 and pending[0].body["held_because"]
+
+    assert cli(["proposals", "approve", pending[0].id[:8], "--spec", str(spec), "--replay", "--actor", "ana"]) == 0
+    assert_exact(tmp_path, expected)
+    assert columns(tmp_path) == ORDER_COLUMNS
+    assert cli(["dlq", "replay", "--spec", str(spec)]) == 0
+    assert "no open dead letters match" in capsys.readouterr().out
+    assert_exact(tmp_path, expected)  # a second replay lands nothing twice
+    approved = registry(tmp_path).decisions(kind="schema.mapping_approved")
+    assert approved[0].actor == "ana"
+
+
+def test_a_rejected_change_is_no_longer_held_and_meets_the_contract_as_it_is(tmp_path: Path) -> None:
+    """Not a rename, a person says: the rows are not held any more, and lacking the contract's
+    never-null fields they are quarantined by it, each with its reason (nothing lost)."""
+    write_orders(tmp_path / "in", range(OLD_FILES), new_shape=False)
+    write_orders(tmp_path / "in", range(OLD_FILES, OLD_FILES + 1), new_shape=True)
+    spec = write_spec(tmp_path, auto_apply=0.999)
+    assert run(spec).held == PER_FILE
+    proposal = registry(tmp_path).proposals(status="pending")[0]
+    assert cli(["proposals", "reject", proposal.id, "--spec", str(spec)]) == 0
+
+    write_orders(tmp_path / "in", range(OLD_FILES + 1, OLD_FILES + 2), new_shape=True)
+    summary = run(spec)
+
+    assert summary.held == 0 and summary.reconciled
+    assert summary.quarantined == PER_FILE
+    reasons = read_back(
+        tmp_path / "data",
+        "SELECT reason_code, count(*) AS n FROM lakegate.sc__dead_letter WHERE checkpoint_id > 5 GROUP BY 1",
+    ).to_pylist()
+    assert reasons == [{"reason_code": "contract_violation", "n": PER_FILE}]
+
+
+def test_a_reverted_mapping_holds_that_shape_for_review_again(tmp_path: Path) -> None:
+    write_orders(tmp_path / "in", range(OLD_FILES), new_shape=False)
+    write_orders(tmp_path / "in", range(OLD_FILES, OLD_FILES + 1), new_shape=True)
+    spec = write_spec(tmp_path, auto_apply=0.8)
+    assert run(spec).held == 0
+    applied = registry(tmp_path).proposals(status="applied")[0]
+
+    assert cli(["proposals", "revert", applied.id, "--spec", str(spec)]) == 0
+    reg = registry(tmp_path)
+    active = reg.active("orders")
+    assert active is not None and active.mappings == []
+    assert reg.proposal(applied.id).status == "reverted"
+
+    write_orders(tmp_path / "in", range(OLD_FILES + 1, OLD_FILES + 2), new_shape=True)
+    summary = run(spec)
+    assert summary.held == PER_FILE  # the same change is not re-applied on its own after a person reverted it
+    assert len(landed(tmp_path)) == (OLD_FILES + 1) * PER_FILE
