@@ -21,6 +21,9 @@ COMMIT_POSITION = "_lg_commit_position"
 """The commit's position as a string: an LSN (``0/16B3748``), a GTID or ``file:pos``."""
 COMMIT_TIME = "_lg_commit_time"
 """The commit's timestamp (``timestamp[us, UTC]``); the snapshot's start time for snapshot reads."""
+UNCHANGED = "_lg_unchanged"
+"""``list<string>``: columns whose value the server did not send (PostgreSQL unchanged TOAST); a merge
+keeps the stored value. Present only in batches holding such a row."""
 CHANGE_COLUMNS = (OP, BEFORE, COMMIT_POSITION, COMMIT_TIME)
 
 ChangeKind = Literal["column_added", "column_dropped", "column_renamed", "column_retyped", "table_added"]

@@ -17,6 +17,7 @@ STEPS = (
     "after_commit",  # every table committed, checkpoint not marked
     "after_mark",  # marked committed, sources not acknowledged
     "after_ack",  # the whole protocol done
+    "compact_before_commit",  # CDC mirror compaction: files written, mirror snapshot not committed
 )
 
 _seen: Counter[str] = Counter()
