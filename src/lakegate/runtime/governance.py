@@ -189,6 +189,18 @@ class Governance:
             self._record_drift(table, outcome)
         for proposal in outcome.proposals:
             self._record_proposal(table, proposal)
+        while stage.fallbacks:
+            evidence = stage.fallbacks.pop(0)
+            why = evidence.get("refusal") or evidence.get("reason")
+            self.registry.record_decision(
+                Decision(
+                    dataset=table,
+                    kind="schema.model_fallback",
+                    summary=f"{table}: the model gave no usable answer ({why}); synthesis and review decide",
+                    evidence=evidence,
+                    reversal={"note": "nothing was changed"},
+                )
+            )
         return hold(result, outcome, batch), outcome.held_count
 
     def _record_drift(self, table: str, outcome: SchemaOutcome) -> None:

@@ -30,6 +30,7 @@ import pyarrow.compute as pc
 from lakegate.contracts.model import Contract
 from lakegate.schema.drift import SchemaDrift, detect_drift
 from lakegate.schema.dsl import FieldMapping, Program
+from lakegate.schema.llm_proposer import FieldSummary, LLMProposer, ProposalRequest
 from lakegate.schema.matching import MatchConfig, MatchResult, match_fields
 from lakegate.schema.profiles import FieldProfile, profile_distance
 
@@ -118,9 +119,20 @@ class SchemaStage:
     """One table's schema gate (``process(rows, contract)``; state: the changes held for review)."""
 
     def __init__(
-        self, dataset: str, policy: SchemaPolicy | None = None, match_config: MatchConfig | None = None
+        self,
+        dataset: str,
+        policy: SchemaPolicy | None = None,
+        match_config: MatchConfig | None = None,
+        advisor: LLMProposer | None = None,
     ) -> None:
         self.dataset = dataset
+        self.advisor = advisor
+        """Optional model asked about held changes, in the background; its answers are validated like ours."""
+        self.fallbacks: list[dict[str, Any]] = []
+        """Requests the model could not answer (breaker open, rate limit, timeout), for the audit log;
+        the held change then waits for synthesis and review as if no model were configured."""
+        self._asked: dict[str, tuple[str, pa.Table, int]] = {}
+        """Request id -> (signature, the rows it was about, contract version), until the answer comes."""
         self.policy = policy or SchemaPolicy()
         self.match_config = match_config or MatchConfig(auto_apply=self.policy.auto_apply)
         self.held: dict[str, str] = {}
@@ -136,12 +148,19 @@ class SchemaStage:
         kept = np.ones(rows.num_rows, dtype=bool)
         if contract is None or not contract.schema_.fields or rows.num_rows == 0:
             return SchemaOutcome(rows=rows, kept=kept)
+        advice = self._model_answers(contract)
+        if any(p.auto for p in advice):  # a validated model mapping applies; the contract carries it next batch
+            contract = contract.model_copy(
+                update={"mappings": [*contract.mappings, *(m.model_dump(mode="json") for p in advice if p.auto
+                                                           for m in p.mappings)]}
+            )  # fmt: skip
         rows, mapped = apply_mappings(rows, [FieldMapping.model_validate(m) for m in contract.mappings])
         drift = detect_drift(pa.schema([rows.schema.field(n) for n in _data_fields(rows)]), contract)
         known = {f.name for f in contract.schema_.fields}
         incoming = [n for n in _data_fields(rows) if n not in known and rows.column(n).null_count < rows.num_rows]
         missing = [n for n in known if n not in rows.column_names or rows.column(n).null_count == rows.num_rows]
         outcome = SchemaOutcome(rows=rows, kept=kept, drift=drift if drift.changes else None, mapped=mapped)
+        outcome.proposals.extend(advice)
         if not incoming or not missing:
             return outcome  # only added or only removed fields: compatible, they flow on
         shape = np.zeros(rows.num_rows, dtype=bool)
@@ -165,6 +184,7 @@ class SchemaStage:
                 outcome.mapped.update(more)
                 return outcome
             proposal_id = self.held[signature] = proposal.id
+            self._ask(rows.filter(pa.array(shape)), contract, incoming, missing, signature)
         outcome.kept = ~shape
         outcome.held_by[proposal_id] = shape
         outcome.rows = rows.filter(pa.array(~shape))
@@ -185,23 +205,10 @@ class SchemaStage:
             check = validate(rows.column(match.incoming), program, profiles[match.target])
             validation[match.target] = check
             mappings.append(mapping)
+            reasons += self._policy_reasons(mapping, match.confidence, check, ambiguous=False)
             if match.ambiguous:
                 rivals = [a.target for a in match.alternatives]
                 reasons.append(f"{match.incoming} -> {match.target} is ambiguous with {rivals}")
-            if match.confidence < self.policy.auto_apply:
-                reasons.append(
-                    f"{match.incoming} -> {match.target}: confidence {match.confidence:.2f} < {self.policy.auto_apply}"
-                )
-            if check["valid_share"] < self.policy.min_valid_share:
-                reasons.append(
-                    f"{match.incoming} -> {match.target}: program transforms {check['valid_share']:.1%} of values"
-                    f" (needs {self.policy.min_valid_share:.0%})"
-                )
-            if check["profile_distance"] > self.policy.max_profile_distance:
-                reasons.append(
-                    f"{match.incoming} -> {match.target}: output is {check['profile_distance']:.2f} from the learned"
-                    f" profile (at most {self.policy.max_profile_distance})"
-                )
         if not mappings:
             reasons.append(f"no confident match for {incoming} among the missing fields {missing}")
         unmatched = [m for m in missing if m not in {x.target for x in mappings}]
@@ -226,6 +233,83 @@ class SchemaStage:
                 "rows_seen": rows.num_rows,
             },
         )
+
+    # -- the optional model ------------------------------------------------------------------------
+
+    def _ask(self, rows: pa.Table, contract: Contract, incoming: list[str], missing: list[str], signature: str) -> None:
+        """Hand a held change to the model in the background (refused at once when it is unavailable)."""
+        if self.advisor is None:
+            return
+        targets = tuple(FieldSummary.from_profile(FieldProfile.from_contract(contract, n), n) for n in missing)
+        sources = tuple(
+            FieldSummary.from_profile(FieldProfile.from_values(rows.column(n), name=n), n) for n in incoming
+        )
+        request = ProposalRequest(dataset=self.dataset, targets=targets, sources=sources)
+        self._asked[request.request_id] = (signature, rows.slice(0, 2000), contract.version)
+        self.advisor.submit(request)
+
+    def _model_answers(self, contract: Contract) -> list[Proposal]:
+        """Answers that arrived since the last batch, validated on the rows they were about."""
+        if self.advisor is None:
+            return []
+        out: list[Proposal] = []
+        for result in self.advisor.poll():
+            asked = self._asked.pop(result.request.request_id, None)
+            if asked is None:
+                continue
+            signature, rows, version = asked
+            if result.fallback:
+                self.fallbacks.append({"signature": signature, **result.evidence()})
+                continue
+            mappings = [FieldMapping(target=m.target, sources=[m.source], program=m.program) for m in result.mappings]
+            reasons: list[str] = []
+            validation: dict[str, Any] = {}
+            for mapping, answer in zip(mappings, result.mappings, strict=True):
+                profile = FieldProfile.from_contract(contract, mapping.target)
+                check = validate(rows.column(mapping.sources[0]), mapping.program, profile)
+                validation[mapping.target] = check
+                reasons += self._policy_reasons(mapping, answer.confidence, check, ambiguous=False)
+            if not mappings:
+                reasons.append("the model proposed no mapping")
+            if signature in self.review_only:
+                reasons.append("a person reverted an automatic mapping of this change before")
+            confidence = min((m.confidence for m in result.mappings), default=0.0)
+            body = orjson.dumps(["llm", signature, version, [m.model_dump(mode="json") for m in mappings]])
+            proposal = Proposal(
+                id=hashlib.sha256(body).hexdigest()[:16],
+                dataset=self.dataset,
+                signature=signature,
+                contract_version=version,
+                mappings=mappings,
+                confidence=round(confidence, 4),
+                auto=not reasons,
+                reasons=reasons,
+                evidence={"proposer": "llm", "validation": validation, **result.evidence()},
+            )
+            if proposal.auto:
+                self.release(self.held.get(signature, ""))
+            out.append(proposal)
+        return out
+
+    def _policy_reasons(
+        self, mapping: FieldMapping, confidence: float, check: dict[str, Any], *, ambiguous: bool
+    ) -> list[str]:
+        """Why the policy would not apply this mapping on its own (empty: it may)."""
+        pair = f"{','.join(mapping.sources)} -> {mapping.target}"
+        reasons = []
+        if ambiguous:
+            reasons.append(f"{pair} is ambiguous")
+        if confidence < self.policy.auto_apply:
+            reasons.append(f"{pair}: confidence {confidence:.2f} < {self.policy.auto_apply}")
+        if check["valid_share"] < self.policy.min_valid_share:
+            needed = self.policy.min_valid_share
+            reasons.append(f"{pair}: program transforms {check['valid_share']:.1%} of values (needs {needed:.0%})")
+        if check["profile_distance"] > self.policy.max_profile_distance:
+            reasons.append(
+                f"{pair}: output is {check['profile_distance']:.2f} from the learned profile"
+                f" (at most {self.policy.max_profile_distance})"
+            )
+        return reasons
 
     # -- decisions from outside ---------------------------------------------------------------------
 
