@@ -32,7 +32,7 @@ from lakegate.contracts.model import Rule
 from lakegate.contracts.sketches import ColumnProfile, numbers
 
 EVENT_TIME = "_lg_event_time"
-FLOORS: dict[str, float] = {"psi": 0.1, "jensen_shannon": 0.05, "wasserstein": 0.25}
+FLOORS: dict[str, float] = {"psi": 0.05, "jensen_shannon": 0.05, "wasserstein": 0.25}
 """Thresholds below which no window alerts, whatever the calibration says. PSI 0.1 is the customary
 line between "no significant change" and "moderate shift"; at 10,000-row windows sampling noise alone
 stays two orders of magnitude below it (about (categories - 1) / rows)."""

@@ -118,6 +118,21 @@ def _micros(column: pa.ChunkedArray) -> np.ndarray:
     return np.asarray(values)
 
 
+def window_micros(column: pa.ChunkedArray, windows: int, size: int) -> np.ndarray:
+    """A timestamp column as int64 microseconds, one row per window; nulls take their window's newest
+    value (what :func:`_micros` does for one window)."""
+    array = column.combine_chunks()
+    if pa.types.is_timestamp(array.type) and array.type.unit != "us":
+        array = pc.cast(array, pa.timestamp("us", array.type.tz))
+    values = pc.fill_null(array.view(pa.int64()), 0).to_numpy(zero_copy_only=False).astype(np.int64)
+    grid = values[: windows * size].reshape(windows, size)
+    if not array.null_count:
+        return grid
+    valid = np.asarray(array.is_valid().to_numpy(zero_copy_only=False))[: windows * size].reshape(windows, size)
+    newest = np.where(valid, grid, np.iinfo(np.int64).min).max(axis=1)
+    return np.where(valid, grid, np.where(newest == np.iinfo(np.int64).min, 0, newest)[:, None])
+
+
 def _labels(rows: pa.Table) -> np.ndarray:
     """``_lg_late`` as a 0/1 float array (null: not late)."""
     return np.asarray(pc.fill_null(rows.column(LATE_LABEL), False).to_numpy(zero_copy_only=False), dtype=np.float64)
@@ -757,7 +772,40 @@ class LatenessChecker:
         self.watermark: int | None = None
 
     def check_windows(self, block: pa.Table, first_index: int, size: int) -> list[Alert]:
-        return each_window(self, block, first_index, size)
+        """Every window's lateness at once: a running maximum per window, seeded with what the previous
+        window carried; alerts are built (by :meth:`check`) only for windows over a band."""
+        windows = block.num_rows // size
+        if EVENT_TIME not in block.column_names or windows == 0:
+            return []
+        times = window_micros(block.column(EVENT_TIME), windows, size)
+        carried = times[:, -CARRY_ROWS:].max(axis=1)
+        seeds = np.concatenate([[self.watermark if self.watermark is not None else times[0, 0]], carried[:-1]])
+        if self.basis == "arrival":
+            if ARRIVAL_TIME not in block.column_names:
+                return []
+            lateness = np.clip(window_micros(block.column(ARRIVAL_TIME), windows, size) - times, 0, None) / US
+        elif self.basis == "label":
+            if LATE_LABEL not in block.column_names:
+                return []
+            lateness = _labels(block)[: windows * size].reshape(windows, size) * LABELED_LATE_S
+        else:
+            running = np.maximum.accumulate(times, axis=1)
+            before = np.maximum(np.column_stack([seeds, running[:, :-1]]), seeds[:, None])
+            if self.watermark is None:  # the very first window has no carried watermark
+                before[0] = np.r_[times[0, 0], running[0, :-1]]
+            lateness = np.clip(before - times, 0, None) / US
+        suspect = np.zeros(windows, dtype=bool)
+        for edge, allowed in self.bands:
+            count = (lateness >= edge).sum(axis=1)
+            suspect |= (count >= max(self.min_rows, allowed * size)) & (count > allowed * size)
+        alerts: list[Alert] = []
+        for w in np.flatnonzero(suspect).tolist():
+            if self.basis == "watermark":
+                self.watermark = None if (w == 0 and self.watermark is None) else int(seeds[w])
+            alerts.extend(self.check(block.slice(w * size, size), first_index + w))
+        if self.basis == "watermark":
+            self.watermark = int(carried[-1])
+        return alerts
 
     def check(self, window: pa.Table, index: int) -> list[Alert]:
         times = event_micros(window)
@@ -922,7 +970,16 @@ class FreshnessChecker:
         self.threshold_s = float(rule.params["threshold_s"])
 
     def check_windows(self, block: pa.Table, first_index: int, size: int) -> list[Alert]:
-        return each_window(self, block, first_index, size)
+        windows = block.num_rows // size
+        if EVENT_TIME not in block.column_names or ARRIVAL_TIME not in block.column_names or windows == 0:
+            return []
+        newest_event = window_micros(block.column(EVENT_TIME), windows, size).max(axis=1)
+        newest_arrival = window_micros(block.column(ARRIVAL_TIME), windows, size).max(axis=1)
+        suspects = np.flatnonzero((newest_arrival - newest_event) / US > self.threshold_s * 0.999)
+        alerts: list[Alert] = []
+        for w in suspects.tolist():
+            alerts.extend(self.check(block.slice(w * size, size), first_index + w))
+        return alerts
 
     def check(self, window: pa.Table, index: int) -> list[Alert]:
         times = event_micros(window)
