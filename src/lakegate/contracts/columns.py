@@ -28,8 +28,6 @@ from __future__ import annotations
 
 import io
 import math
-import threading
-from collections import OrderedDict
 from datetime import UTC, datetime
 from typing import Any
 
@@ -39,6 +37,7 @@ import pyarrow.compute as pc
 
 from lakegate.contracts import drift, formats
 from lakegate.contracts.api import LearnConfig, RowCheck, RowChecker, WindowChecker
+from lakegate.contracts.encodings import ENCODINGS
 from lakegate.contracts.model import DatasetSchema, Rule
 from lakegate.contracts.sketches import ColumnProfile, b64, kind_of, numbers, unb64
 
@@ -579,59 +578,6 @@ def _bool_mask(values: pa.Array | pa.ChunkedArray) -> np.ndarray:
     return np.asarray(values.fill_null(False).to_numpy(zero_copy_only=False), dtype=bool)
 
 
-class _Encodings:
-    """Dictionary encodings of the string columns of recent batches, shared by the rules on a column.
-
-    Keyed by the identity of the column's buffers (the entry holds the column, so the addresses stay
-    valid while cached); a small LRU, so at most ``size`` columns are kept alive.
-    """
-
-    def __init__(self, size: int = 8) -> None:
-        self.size = size
-        self.entries: OrderedDict[tuple[Any, ...], tuple[pa.ChunkedArray, pa.Array, np.ndarray]] = OrderedDict()
-        self.lock = threading.Lock()
-
-    @staticmethod
-    def _key(column: pa.ChunkedArray) -> tuple[Any, ...]:
-        def addresses(array: pa.Array) -> tuple[int, ...]:
-            return tuple(b.address if b is not None else 0 for b in array.buffers())
-
-        return tuple(
-            (
-                chunk.offset,
-                len(chunk),
-                *addresses(chunk),
-                *(addresses(chunk.dictionary) if pa.types.is_dictionary(chunk.type) else ()),
-            )
-            for chunk in column.chunks
-        )
-
-    def get(self, column: pa.ChunkedArray) -> tuple[pa.Array, np.ndarray]:
-        """(distinct values, per-row index into them with -1 for null)."""
-        key = self._key(column)
-        with self.lock:
-            hit = self.entries.get(key)
-            if hit is not None:
-                self.entries.move_to_end(key)
-                return hit[1], hit[2]
-        if pa.types.is_dictionary(column.type):
-            encoded = column.unify_dictionaries() if column.num_chunks > 1 else column
-        else:
-            encoded = pc.dictionary_encode(column)
-        if encoded.num_chunks == 0:
-            dictionary, indices = pa.array([], pa.string()), np.empty(0, dtype=np.int64)
-        else:
-            dictionary = encoded.chunk(0).dictionary
-            parts = [pc.fill_null(c.indices, -1).to_numpy(zero_copy_only=False) for c in encoded.chunks]
-            indices = parts[0] if len(parts) == 1 else np.concatenate(parts)
-        with self.lock:
-            self.entries[key] = (column, dictionary, indices)
-            while len(self.entries) > self.size:
-                self.entries.popitem(last=False)
-        return dictionary, indices
-
-
-_ENCODINGS = _Encodings()
 
 
 class _ColumnChecker:
@@ -658,7 +604,7 @@ class _ColumnChecker:
         column = self._strings(rows)
         if column is None:
             return self._pass(rows)
-        dictionary, indices = _ENCODINGS.get(column)
+        dictionary, indices = ENCODINGS.get(column)
         per_value = np.append(np.asarray(bad(dictionary), dtype=bool), False)  # index -1: null passes
         return RowCheck(self.rule, per_value[indices], _array(column), self.threshold)
 
@@ -748,7 +694,7 @@ class AllowedValuesChecker(_ColumnChecker):
         value_type = column.type.value_type if pa.types.is_dictionary(column.type) else column.type
         self.clock += rows.num_rows
         if kind_of(value_type) == "string":
-            dictionary, indices = _ENCODINGS.get(column)
+            dictionary, indices = ENCODINGS.get(column)
             unknown = ~_bool_mask(pc.is_in(dictionary, value_set=self._known(dictionary.type)))
             if self.accept_after and unknown.any():
                 counts = np.bincount(indices[indices >= 0], minlength=len(dictionary))

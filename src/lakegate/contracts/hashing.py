@@ -11,6 +11,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from lakegate.contracts.encodings import ENCODINGS
+
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
@@ -105,11 +107,20 @@ def _is_text(data_type: pa.DataType) -> bool:
 
 
 def row_hashes(rows: pa.Table, columns: list[str]) -> np.ndarray:
-    """One 64-bit hash per row over ``columns`` (order matters, names do not)."""
+    """One 64-bit hash per row over ``columns`` (order matters, names do not).
+
+    A string column is hashed through its shared dictionary encoding: each distinct value once.
+    """
     combined = np.full(rows.num_rows, np.uint64(len(columns)), dtype=np.uint64)
     for name in columns:
         column = rows.column(name)
-        array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
         np.multiply(combined, _M1, out=combined)  # a polynomial over the columns' words, mixed at the end
+        if _is_text(column.type):
+            dictionary, indices = ENCODINGS.get(column)
+            distinct = hash_array(dictionary) if len(dictionary) else np.zeros(1, np.uint64)
+            words = distinct[np.maximum(indices, 0)]
+            np.add(combined, np.where(indices >= 0, words, _NULL), out=combined)
+            continue
+        array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
         np.add(combined, hash_array(array), out=combined)
     return mix(combined)

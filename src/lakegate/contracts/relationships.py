@@ -44,6 +44,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from lakegate.contracts.api import Alert, LearnConfig, RowCheck, RowChecker, WindowChecker
+from lakegate.contracts.encodings import ENCODINGS
 from lakegate.contracts.model import DatasetSchema, Rule
 
 SYSTEM_PREFIX = "_lg_"
@@ -186,12 +187,25 @@ class _IntegerIndex:
         return np.asarray(np.where(inside, self.table[np.where(inside, raw, 0)], -1))
 
 
-def _codes_of(column: pa.ChunkedArray | pa.Array, values: pa.Array, index: _IntegerIndex | None = None) -> np.ndarray:
+def _is_text(data_type: pa.DataType) -> bool:
+    return pa.types.is_string(data_type) or pa.types.is_large_string(data_type)
+
+
+def _codes_of(
+    column: pa.ChunkedArray | pa.Array, values: pa.Array, index: _IntegerIndex | None = None, *, shared: bool = True
+) -> np.ndarray:
     """Index of each row's value in ``values`` (int64), -1 for nulls and values not in the set."""
     if index is not None:
         codes = index.codes(column)
         if codes is not None:
             return codes
+    if shared and _is_text(column.type) and len(column) > len(values):
+        # each distinct string once, through the batch's shared encoding of this column
+        chunked = column if isinstance(column, pa.ChunkedArray) else pa.chunked_array([column])
+        dictionary, indices = ENCODINGS.get(chunked)
+        dictionary_codes = _codes_of(dictionary, values, shared=False)
+        picked = dictionary_codes[np.maximum(indices, 0)] if len(dictionary_codes) else np.full(len(indices), -1)
+        return np.asarray(np.where(indices >= 0, picked, -1), dtype=np.int64)
     array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
     n = len(array)
     if len(values) == 0:
