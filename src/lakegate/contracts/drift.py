@@ -33,9 +33,10 @@ from lakegate.contracts.sketches import ColumnProfile, numbers
 
 EVENT_TIME = "_lg_event_time"
 FLOORS: dict[str, float] = {"psi": 0.05, "jensen_shannon": 0.05, "wasserstein": 0.25}
-"""Thresholds below which no window alerts, whatever the calibration says. PSI 0.1 is the customary
-line between "no significant change" and "moderate shift"; at 10,000-row windows sampling noise alone
-stays two orders of magnitude below it (about (categories - 1) / rows)."""
+"""Thresholds below which no window alerts, whatever the calibration says. PSI 0.05 warns of a slight
+shift (0.1 is the customary "moderate" line, and twice the threshold is critical): a quarter of a
+three-valued field's rows moving to one value scores about 0.1, while sampling noise at 10,000-row
+windows stays near (categories - 1) / rows; columns that vary by nature get a higher calibrated one."""
 CALIBRATION_FACTOR = 1.5
 CALIBRATION_QUANTILE = 0.95
 MIN_CALIBRATION_WINDOWS = 5
