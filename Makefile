@@ -21,10 +21,11 @@ setup: $(STAMP) ## create .venv and install lakegate with its test tools
 demo: $(STAMP) ## set up, then generate an orders stream and ingest it into Iceberg
 	$(VENV)/bin/lakegate demo --dir lakegate-demo
 
-test: $(STAMP) ## set up, then run the tests and a quick ingest benchmark
+test: $(STAMP) ## set up, then run the tests and the quick benchmarks
 	$(PY) -m pytest -q -p no:cacheprovider
 	$(PY) bench/ingest.py --quick
 	$(PY) bench/contracts_accuracy.py --quick
+	$(PY) bench/schema_matching.py --quick
 
 test-fast: $(STAMP) ## the tests without the slow crash and concurrency ones
 	$(PY) -m pytest -q -m "not slow"
@@ -40,6 +41,9 @@ bench: $(STAMP) ## the benchmarks at full size (installs the peers they compare 
 	$(PY) bench/ingest.py --repeat 3
 	$(PY) bench/contracts_accuracy.py
 	$(PY) bench/contracts.py
+	$(PY) bench/schema_matching.py
+	$(PY) bench/cdc.py
+	$(PY) bench/cdc_mirror.py
 
 clean: ## remove the venv and generated data
-	rm -rf $(VENV) .venv-bench-dlt .venv-bench-checks lakegate-data lakegate-demo .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .venv-bench-dlt .venv-bench-checks .venv-bench-valentine bench/out lakegate-data lakegate-demo .mypy_cache .ruff_cache .pytest_cache

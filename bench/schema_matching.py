@@ -62,7 +62,7 @@ REPRODUCED_SHARE = 0.9
 
 def default_data_dir() -> Path:
     env = os.environ.get("LAKEGATE_SCHEMA_MATCHING_DATA")
-    return Path(env) if env else REPO.parent / "shared" / "data" / "schema-matching"
+    return Path(env) if env else REPO / "bench" / "data" / "schema-matching"
 
 
 def pair_dirs(data: Path) -> list[Path]:
@@ -370,7 +370,7 @@ def _equal_share(out: Any, expected: Any) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, default=None, help="folder of pair folders (default: shared data)")
+    parser.add_argument("--data", type=Path, default=None, help="folder of pair folders (default: bench/data/schema-matching, the dev pairs)")
     parser.add_argument("--quick", action="store_true", help="skip valentine when its venv does not exist")
     parser.add_argument("--seed", type=int, default=0, help="seed of the source-row shuffle")
     parser.add_argument("--workdir", type=Path, default=REPO / "bench" / "out" / "schema_matching")

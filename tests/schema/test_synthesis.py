@@ -18,7 +18,7 @@ from lakegate.schema.synthesis import equal_values, synthesize
 
 RNG = np.random.default_rng(11)
 N = 600
-DEV = Path("/work/shared/data/schema-matching")
+DEV = Path(__file__).resolve().parents[2] / "bench" / "data" / "schema-matching"
 
 
 def reproduced(program: Program, source: pa.Array, target: pa.Array) -> float:
@@ -162,7 +162,6 @@ def _dev_pair(name: str, linked_rows: int | None, as_strings: bool) -> tuple[int
     return changing, reproduced_count
 
 
-@pytest.mark.skipif(not DEV.exists(), reason="dev data not present")
 @pytest.mark.parametrize("as_strings", [False, True], ids=["typed", "strings"])
 @pytest.mark.parametrize(
     ("name", "linked_rows", "expected"),
