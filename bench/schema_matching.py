@@ -370,7 +370,7 @@ def _equal_share(out: Any, expected: Any) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, default=None, help="folder of pair folders (default: bench/data/schema-matching, the dev pairs)")
+    parser.add_argument("--data", type=Path, default=None, help="pair folders (default: bench/data)")
     parser.add_argument("--quick", action="store_true", help="skip valentine when its venv does not exist")
     parser.add_argument("--seed", type=int, default=0, help="seed of the source-row shuffle")
     parser.add_argument("--workdir", type=Path, default=REPO / "bench" / "out" / "schema_matching")
