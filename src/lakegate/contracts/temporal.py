@@ -189,14 +189,17 @@ class KeyWindow:
             return np.zeros(0, dtype=bool)
         if times is None:
             times = np.zeros(n, dtype=np.int64)
-        encoded = pc.dictionary_encode(pa.array(hashes, type=pa.uint64()))
-        codes = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
-        # dictionary codes are handed out in order of first appearance
-        previous = np.maximum.accumulate(np.concatenate([[-1], codes[:-1]]))
-        first = codes > previous
-        first_time = np.zeros(len(encoded.dictionary), dtype=np.int64)
-        first_time[codes[first]] = times[first]
-        duplicate = ~first & (np.abs(times - first_time[codes]) <= self.window_us)
+        # Group equal keys by sorting (a hash table over millions of distinct 64-bit keys is slower);
+        # each group's first occurrence is its smallest row index.
+        order = np.argsort(hashes)
+        ordered = hashes[order]
+        starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
+        first_row = np.minimum.reduceat(order, starts)
+        group = np.empty(n, dtype=np.int64)
+        group[order] = np.repeat(np.arange(len(starts)), np.diff(np.r_[starts, n]))
+        first = np.zeros(n, dtype=bool)
+        first[first_row] = True
+        duplicate = ~first & (np.abs(times - times[first_row][group]) <= self.window_us)
         found = np.zeros(n, dtype=bool)
         if len(self.hashes):
             at = np.minimum(np.searchsorted(self.hashes, hashes), len(self.hashes) - 1)
