@@ -25,6 +25,8 @@ class SemanticManifest:
     faults: dict[str, int] = field(default_factory=dict)
     late_burst: int = 0
     shifted: int = 0
+    next_number: int = 1
+    clock: datetime | None = None
 
     @property
     def quarantine_expected(self) -> int:
@@ -75,4 +77,5 @@ def generate_semantic_faults(
     tmp = directory / ".semantic.ndjson.tmp"
     tmp.write_bytes(b"\n".join(lines) + b"\n")
     tmp.rename(directory / "semantic.ndjson")
+    manifest.next_number, manifest.clock = number, clock
     return manifest
