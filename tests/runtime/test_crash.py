@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 
 from lakegate.demo.orders import generate_orders
-from lakegate.runtime.faults import STEPS
+from lakegate.runtime.faults import PROTOCOL_STEPS
 from tests.runtime.helpers import files_on_disk_and_referenced, read_back, run_cli, write_spec
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("step", STEPS)
+@pytest.mark.parametrize("step", PROTOCOL_STEPS)
 def test_sigkill_at_each_protocol_step_loses_and_duplicates_nothing(tmp_path: Path, step: str) -> None:
     manifest = generate_orders(tmp_path / "incoming", records=2500, files=3, seed=11, fault_rate=0.02)
     spec = write_spec(tmp_path, tmp_path / "incoming")

@@ -10,13 +10,17 @@ import os
 import signal
 from collections import Counter
 
-STEPS = (
+PROTOCOL_STEPS = (
     "after_write",  # data files written, no pending record yet
     "after_pending",  # pending record persisted, no table committed
     "mid_commit",  # the first table committed, the others not
     "after_commit",  # every table committed, checkpoint not marked
     "after_mark",  # marked committed, sources not acknowledged
     "after_ack",  # the whole protocol done
+)
+"""The checkpoint protocol's steps (runtime/checkpoint.py)."""
+STEPS = (
+    *PROTOCOL_STEPS,
     "compact_before_commit",  # CDC mirror compaction: files written, mirror snapshot not committed
 )
 
