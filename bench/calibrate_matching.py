@@ -623,7 +623,7 @@ def tasks(count: int, seed: int) -> Iterator[Task]:
 
 EVIDENCE_KEYS = (
     "cosine", "lexical", "type_compatibility", "raw_distance", "best_distance", "value", "overlap", "row_match",
-    "program_steps", "failures",
+    "program_steps", "failures", "fit", "value_distance", "fitted_value",
 )  # fmt: skip
 
 

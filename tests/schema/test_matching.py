@@ -123,11 +123,6 @@ def test_linked_rows_add_key_overlap(model: None) -> None:
         match_fields(incoming, target, linked_rows=contract.slice(0, 10))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="regression of the fitted weights: without embeddings (the fit used them) a lone numeric field and a lone "
-    "numeric target lead no rival, so value_margin makes temperature_c -> customer_id 0.66 (proposed for review)",
-)
 def test_unrelated_fields_stay_unmatched_without_embeddings() -> None:
     contract = contract_table(9)
     incoming = pa.table(

@@ -61,7 +61,7 @@ def test_date_format_changes_both_ways() -> None:
 
 
 def test_epoch_seconds_and_millis_to_timestamps_and_back() -> None:
-    instants = [datetime(2015, 1, 1, tzinfo=UTC) + timedelta(seconds=int(s)) for s in RNG.integers(0, 3e8, N)]
+    instants = [datetime(2015, 1, 1, tzinfo=UTC) + timedelta(seconds=int(s)) for s in RNG.integers(0, 300_000_000, N)]
     stamps = pa.array(instants, pa.timestamp("us", tz="UTC"))
     seconds = [int(i.timestamp()) for i in instants]
     millis = [s * 1000 for s in seconds]
@@ -129,6 +129,45 @@ def test_memorized_ids_do_not_win() -> None:
     other = [f"{i * 7919 % 100_003}" for i in range(N)]
     top = synthesize(pa.array(ids), FieldProfile.from_values(pa.array(other)), pa.array(other))[0]
     assert not top.program.describe().startswith("recode") and (top.row_match or 0) < 0.1
+
+
+def test_candidates_say_how_their_parameters_were_chosen() -> None:
+    """Standard units and formats are told apart from parameters fitted to the target and learned maps."""
+    dollars = np.round(RNG.lognormal(3, 1, N), 2)
+    cents = pa.array([str(int(round(d * 100))) for d in dollars])
+    top = synthesize(cents, FieldProfile.from_values(pa.array(dollars)))[0]
+    assert top.program.describe() == "cast(→long) | scale(×0.01) | round(2)" and top.fit == "standard"
+    same = synthesize(pa.array(dollars), FieldProfile.from_values(pa.array(dollars)))[0]
+    assert same.program.describe() == "identity" and same.fit == "identity"
+    # a target 25 times larger: ×10 is only its order of magnitude, a parameter fitted to the target
+    counts = pa.array(RNG.integers(1, 10, N).astype(np.float64))
+    ids = pa.array(RNG.integers(100, 150, N).astype(np.float64))
+    scaled = [c for c in synthesize(counts, FieldProfile.from_values(ids), max_candidates=50) if "×10)" in c.describe()]
+    assert scaled and all(c.fit == "fitted" for c in scaled)
+    celsius = np.round(RNG.normal(20, 5, N), 1)
+    linked = pa.array(np.round(celsius * 1.8 + 32, 2))
+    affine = synthesize(pa.array(celsius), FieldProfile.from_values(linked), linked)[0]
+    assert "offset" in affine.program.describe() and affine.fit == "fitted" and affine.row_match == 1.0
+    codes = {"M": "male", "F": "female", "X": "unspecified"}
+    keys = [str(k) for k in RNG.choice(list(codes), N)]
+    values = pa.array([codes[k] for k in keys])
+    mapped = synthesize(pa.array(keys), FieldProfile.from_values(values), values)[0]
+    assert mapped.program.describe().startswith("recode(") and mapped.fit == "learned_map"
+
+
+def test_one_column_against_many_targets_reuses_its_decoding() -> None:
+    """Synthesizing one incoming column against several targets gives what fresh searches give."""
+    days = [date(2000, 1, 1) + timedelta(days=int(d)) for d in RNG.integers(0, 9_000, N)]
+    text = pa.array([d.strftime("%d/%m/%Y") for d in days])
+    targets = [
+        FieldProfile.from_values(pa.array([d.isoformat() for d in days])),
+        FieldProfile.from_values(pa.array(days, pa.date32())),
+        FieldProfile.from_values(pa.array([d.strftime("%Y%m%d") for d in days])),
+    ]
+    reused = [[c.describe() for c in synthesize(text, t)] for t in targets]
+    fresh = [[c.describe() for c in synthesize(pa.array(text.to_pylist()), t)] for t in targets]
+    assert reused == fresh
+    assert reused[0][0].startswith("parse_datetime('%d/%m/%Y') | format_datetime('%Y-%m-%d')")
 
 
 # ---------------------------------------------------------------------------------------------------

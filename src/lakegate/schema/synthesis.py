@@ -13,17 +13,23 @@ candidates are ranked by the share of rows they reproduce exactly; otherwise by 
 is to the target's profile. Longer programs pay a small penalty, so the simplest explanation wins ties.
 Recoding maps learned from linked rows are scored on rows they were not learned from, so a map that
 merely memorizes identifiers does not win.
+
+Each candidate says how its parameters were chosen (:data:`Fit`): a program whose every parameter is a
+standard unit, format or affix read from the data's shape proves much more, when its output fits the
+target, than one with a parameter fitted to the target's distribution (any numbers can be scaled onto
+any others), so the matcher weighs them apart. The decoding of one incoming column is cached, as the
+matcher synthesizes it against every contract field.
 """
 
 from __future__ import annotations
 
 import math
 import os
-from collections import Counter
+from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from datetime import date
 from difflib import SequenceMatcher
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -57,6 +63,17 @@ UNIT_FACTORS: tuple[float, ...] = (
     3.785411784, 0.946352946, 1024.0, 1048576.0,
 )  # fmt: skip
 """Common unit conversions (time, length, mass, volume, bytes); their inverses are tried too."""
+UNIT_TOLERANCE = 0.15
+"""How far (relative) the ratio of medians may be from a unit factor for the factor to be tried."""
+STANDARD_TOLERANCE = 0.25
+"""A power of ten this close (relative) to the ratio of medians is a standard unit (cents, milli, kilo);
+farther, it is only the target's order of magnitude, a parameter fitted to the target."""
+DECODE_CACHE_SIZE = 16
+"""Incoming columns whose decoded forms are kept (the matcher works through one column at a time)."""
+Fit = Literal["identity", "standard", "fitted", "learned_map"]
+"""How a program's parameters were chosen: none (identity); all standard units, formats or affixes read
+from the data's shape (standard); a parameter fitted to the target's values (fitted: an order of
+magnitude, an offset); a recoding map learned from the values (learned_map)."""
 SEPARATORS: tuple[str, ...] = ("-", "/", " ", ",", "|", "_", ":", ";", ".", "T")
 NUMBER_NOISE = "$€£¥%"
 """Characters removed from number-like strings (currency symbols, percent)."""
@@ -86,10 +103,13 @@ class Candidate:
     """Share of non-null sampled rows the program failed on."""
     sample: list[tuple[Any, Any]]
     """A few (before, after) pairs."""
+    fit: Fit = "standard"
+    """How the program's parameters were chosen (see :data:`Fit`)."""
 
     def describe(self) -> str:
         match = "" if self.row_match is None else f", rows {self.row_match:.1%}"
-        return f"{self.program.describe()} (score {self.score:.3f}{match}, distance {self.profile_distance:.3f})"
+        distance = f"distance {self.profile_distance:.3f}"
+        return f"{self.program.describe()} ({self.fit}, score {self.score:.3f}{match}, {distance})"
 
 
 def synthesize(
@@ -107,12 +127,41 @@ def synthesize(
             (null where a row has no link), when rows can be linked by a key.
         max_candidates: how many candidates to return. The identity program is always evaluated.
     """
-    x, y = _sample(_plain(incoming), None if linked_target is None else _plain(linked_target))
+    x, y, decoded = _decoded_sample(incoming, linked_target)
     linked = y is not None and int(np.sum(mask(pc.is_valid(y)))) >= MIN_LINKED
-    search = _Search(x, target, y if linked else None)
+    search = _Search(x, target, y if linked else None, decoded)
     scored = [search.evaluate(program) for program in search.programs()]
     scored.sort(key=lambda c: (-c.score, len(c.program), c.program.describe()))
     return scored[: max(1, max_candidates)]
+
+
+_DECODED: OrderedDict[int, tuple[pa.Array | pa.ChunkedArray, pa.Array, _Decoded]] = OrderedDict()
+"""Per incoming column (by identity; the entry keeps the column alive so its id cannot be reused): its
+sample and the decoded forms of the sample."""
+
+
+def _decoded_sample(
+    incoming: pa.Array | pa.ChunkedArray, linked_target: pa.Array | pa.ChunkedArray | None
+) -> tuple[pa.Array, pa.Array | None, _Decoded]:
+    """The sampled rows and their decoded forms, reused when the same column meets another target.
+
+    The sample of a column depends only on the column unless linked rows pick it (more rows than
+    :data:`SAMPLE_ROWS` and links), which is never cached.
+    """
+    x = _plain(incoming)
+    y = None if linked_target is None else _plain(linked_target)
+    if y is not None and (len(x) != len(y) or len(x) > SAMPLE_ROWS):
+        x, y = _sample(x, y)
+        return x, y, _Decoded(x)
+    entry = _DECODED.get(id(incoming))
+    if entry is None or entry[0] is not incoming:
+        sampled, _ = _sample(x, None)
+        entry = (incoming, sampled, _Decoded(sampled))
+        _DECODED[id(incoming)] = entry
+        while len(_DECODED) > DECODE_CACHE_SIZE:
+            _DECODED.popitem(last=False)
+    _DECODED.move_to_end(id(incoming))
+    return entry[1], y, entry[2]
 
 
 def _plain(values: pa.Array | pa.ChunkedArray) -> pa.Array:
@@ -173,13 +222,46 @@ def _canonical_strings(values: pa.Array) -> pa.Array:
 # The search
 
 
+class _Decoded:
+    """What synthesis derives from the incoming sample alone, computed once per column, on demand."""
+
+    def __init__(self, x: pa.Array) -> None:
+        self.x = x
+        self._forms: list[tuple[list[Step], pa.Array]] | None = None
+        self._affixes: dict[int, tuple[str, str]] = {}
+        self._punctuation: dict[int, set[str]] = {}
+
+    def forms(self) -> list[tuple[list[Step], pa.Array]]:
+        if self._forms is None:
+            self._forms = _decode(self.x)
+        return self._forms
+
+    def affixes(self, canonical: pa.Array) -> tuple[str, str]:
+        """The common prefix and suffix of a canonical form (forms are kept, so their ids are stable)."""
+        key = id(canonical)
+        if key not in self._affixes:
+            self._affixes[key] = _common_affixes(canonical.drop_null().to_pylist()[:SAMPLE_ROWS])
+        return self._affixes[key]
+
+    def punctuation(self, canonical: pa.Array) -> set[str]:
+        key = id(canonical)
+        if key not in self._punctuation:
+            self._punctuation[key] = _punctuation(canonical.drop_null().to_pylist()[:SAMPLE_ROWS])
+        return self._punctuation[key]
+
+
 class _Search:
-    def __init__(self, x: pa.Array, target: FieldProfile, y: pa.Array | None) -> None:
+    def __init__(self, x: pa.Array, target: FieldProfile, y: pa.Array | None, decoded: _Decoded | None = None) -> None:
         self.x = x
         self.target = target
         self.y = y
+        self.decoded = decoded if decoded is not None else _Decoded(x)
         self.holdout: dict[str, float] = {}
         """Row match of learned recoding maps on rows they were not learned from, by program JSON."""
+        self.fitted: set[str] = set()
+        """Programs (JSON) with a parameter fitted to the target rather than read as a standard unit."""
+        self.fitted_factors: set[float] = set()
+        """Scale factors :func:`_factors` found only as the target's order of magnitude."""
 
     # -- evaluation ---------------------------------------------------------------------------------
 
@@ -201,59 +283,44 @@ class _Search:
         rows = np.flatnonzero(present)[:5].tolist()
         before, after = self.x.take(pa.array(rows, pa.int64())), applied.values.take(pa.array(rows, pa.int64()))
         pairs = list(zip(before.to_pylist(), after.to_pylist(), strict=True))
-        return Candidate(program, float(min(1.0, max(0.0, score))), row_match, float(distance), failures, pairs)
+        score = float(min(1.0, max(0.0, score)))
+        return Candidate(program, score, row_match, float(distance), failures, pairs, self.fit_of(program))
+
+    def fit_of(self, program: Program) -> Fit:
+        if not program.steps:
+            return "identity"
+        if any(isinstance(step, dsl.Recode) for step in program.steps):
+            return "learned_map"
+        return "fitted" if program.model_dump_json() in self.fitted else "standard"
 
     # -- enumeration --------------------------------------------------------------------------------
 
     def programs(self) -> list[Program]:
         found: dict[str, Program] = {}
 
-        def add(steps: list[Step]) -> None:
+        def add(steps: list[Step], fitted: bool = False) -> None:
             if len(steps) <= MAX_STEPS:
                 program = Program(steps=steps)
-                found.setdefault(program.model_dump_json(), program)
+                key = program.model_dump_json()
+                if key not in found and fitted:
+                    self.fitted.add(key)
+                found.setdefault(key, program)
 
         add([])
-        for prefix, canonical in self._decoded():
+        for prefix, canonical in self.decoded.forms():
             for suffix in self._encoders(canonical):
-                add([*prefix, *suffix])
+                add([*prefix, *suffix], fitted=self._is_fitted(suffix))
         for steps in self._recodings():
             add(steps)
         return list(found.values())
 
-    def _decoded(self) -> list[tuple[list[Step], pa.Array]]:
-        """Canonical forms of the incoming values: (steps that produce it, its values)."""
-        forms: list[tuple[list[Step], pa.Array]] = [([], self.x)]
-        family = family_of(self.x.type)
-        if family == "string":
-            text = self.x
-            blanks: list[Step] = []
-            if mask(pc.equal(text, "")).any():
-                # Empty strings are missing values upstream; read them as nulls before anything else.
-                blanks = [dsl.NullIf(values=[""])]
-                text = blanks[0].run(text)
-                forms.append((blanks, text))
-            stripped = pc.utf8_trim_whitespace(text)
-            if not mask(pc.equal(stripped, text)).all():
-                forms.append(([*blanks, dsl.Strip()], stripped))
-            bases: list[tuple[list[Step], pa.Array]] = [(blanks, text)]
-            for affix_steps in _affix_removals(text):
-                out = Program(steps=affix_steps).apply(text)
-                bases.append(([*blanks, *affix_steps], out.values))
-                forms.append(([*blanks, *affix_steps], out.values))
-            for sep in _separators(text):
-                for index in (0, -1):
-                    steps: list[Step] = [*blanks, dsl.SplitTake(separator=sep, index=index)]
-                    out = Program(steps=steps[len(blanks) :]).apply(text)
-                    bases.append((steps, out.values))
-                    forms.append((steps, out.values))
-            for base_steps, base in bases:
-                forms.extend((base_steps + steps, values) for steps, values in _parsed(base))
-        elif family == "numeric":
-            forms.extend(_as_instants(self.x))
-        elif family == "temporal" and self.target.kind == "numeric":
-            pass
-        return forms
+    def _is_fitted(self, steps: list[Step]) -> bool:
+        """Whether an encoder has a parameter fitted to the target: an offset, or a scale that is only the
+        target's order of magnitude (:func:`_factors`)."""
+        return any(
+            isinstance(step, dsl.Offset) or (isinstance(step, dsl.Scale) and step.factor in self.fitted_factors)
+            for step in steps
+        )
 
     def _encoders(self, canonical: pa.Array) -> list[list[Step]]:
         """Step lists that take a canonical form toward the target."""
@@ -317,7 +384,7 @@ class _Search:
         integral_target = decimals == 0
         finish: list[Step] = [dsl.Round(digits=decimals)] if decimals < 7 else []
         out: list[list[Step]] = [finish] if finish else []
-        for factor in _factors(x, wanted):
+        for factor in self._factors(x, wanted):
             out.append([dsl.Scale(factor=factor), *finish])
         fit = self._affine_fit(canonical)
         if fit is not None:
@@ -327,6 +394,12 @@ class _Search:
         if integral_target and self.target.type in ("long", "int") and not pa.types.is_integer(canonical.type):
             out.append([dsl.Cast(to=self.target.type)])
         return out
+
+    def _factors(self, x: np.ndarray, wanted: np.ndarray) -> list[float]:
+        """:func:`_factors`, remembering which of them are fitted to the target."""
+        found = _factors(x, wanted)
+        self.fitted_factors.update(factor for factor, standard in found if not standard)
+        return [factor for factor, _ in found]
 
     def _affine_fit(self, canonical: pa.Array) -> tuple[float, float] | None:
         """``a·x + b`` through the linked rows when it fits them exactly (unit changes with an offset)."""
@@ -389,7 +462,7 @@ class _Search:
         x, _ = numbers(canonical.drop_null())
         x = np.asarray(x, dtype=np.float64)
         out: list[list[Step]] = [[dsl.Cast(to="string"), *affix], [*writers, *affix]]
-        for factor in _factors(x[np.isfinite(x)], wanted):
+        for factor in self._factors(x[np.isfinite(x)], wanted):
             out.append([dsl.Scale(factor=factor), *writers, *affix])
         return out
 
@@ -408,7 +481,7 @@ class _Search:
             if not mask(pc.equal(Program(steps=[dsl.Case(to=case)]).apply(mine).values, mine)).all():
                 out.append([dsl.Case(to=case)])
         prefix, suffix = _common_affixes(sample)
-        mine_prefix, mine_suffix = _common_affixes(mine.to_pylist()[:SAMPLE_ROWS])
+        mine_prefix, mine_suffix = self.decoded.affixes(canonical)
         affix: list[Step] = []
         if prefix and not prefix.startswith(mine_prefix or "\0"):
             affix.append(dsl.AddPrefix(text=prefix))
@@ -422,7 +495,7 @@ class _Search:
         lengths = {len(s) for s in sample}
         if len(lengths) == 1 and all(s.isdigit() for s in sample) and any(s.startswith("0") for s in sample):
             out.append([dsl.Pad(width=lengths.pop(), fill="0")])
-        theirs, ours = _punctuation(sample), _punctuation(mine.to_pylist()[:SAMPLE_ROWS])
+        theirs, ours = _punctuation(sample), self.decoded.punctuation(canonical)
         for old in sorted(ours - theirs)[:3]:
             for new in [*sorted(theirs - ours)[:3], ""]:
                 out.append([dsl.Replace(old=old, new=new)])
@@ -464,6 +537,8 @@ class _Search:
         target = self.target
         if target.kind not in ("string", "numeric") or target.sample_coverage < 0.95:
             return []
+        if family_of(self.x.type) not in ("string", "numeric", "boolean"):
+            return []  # maps hold JSON scalars; instants are handled by the date ops
         theirs = [v for v, _ in target.top_values] or target.sample
         theirs = [v for v in target.sample if v is not None][:MAX_UNLINKED_CATEGORIES] if not theirs else theirs
         counts = pc.value_counts(self.x.drop_null())
@@ -507,6 +582,40 @@ def _type_name(t: pa.DataType) -> str | None:
     if pa.types.is_timestamp(t):
         return "timestamp"
     return None
+
+
+def _decode(x: pa.Array) -> list[tuple[list[Step], pa.Array]]:
+    """Canonical forms of the incoming values: (steps that produce it, its values). Depends on the
+    incoming values alone, so it is computed once per column (:class:`_Decoded`)."""
+    forms: list[tuple[list[Step], pa.Array]] = [([], x)]
+    family = family_of(x.type)
+    if family == "string":
+        text = x
+        blanks: list[Step] = []
+        if mask(pc.equal(text, "")).any():
+            # Empty strings are missing values upstream; read them as nulls before anything else.
+            blanks = [dsl.NullIf(values=[""])]
+            text = blanks[0].run(text)
+            forms.append((blanks, text))
+        stripped = pc.utf8_trim_whitespace(text)
+        if not mask(pc.equal(stripped, text)).all():
+            forms.append(([*blanks, dsl.Strip()], stripped))
+        bases: list[tuple[list[Step], pa.Array]] = [(blanks, text)]
+        for affix_steps in _affix_removals(text):
+            out = Program(steps=affix_steps).apply(text)
+            bases.append(([*blanks, *affix_steps], out.values))
+            forms.append(([*blanks, *affix_steps], out.values))
+        for sep in _separators(text):
+            for index in (0, -1):
+                steps: list[Step] = [*blanks, dsl.SplitTake(separator=sep, index=index)]
+                out = Program(steps=steps[len(blanks) :]).apply(text)
+                bases.append((steps, out.values))
+                forms.append((steps, out.values))
+        for base_steps, base in bases:
+            forms.extend((base_steps + steps, values) for steps, values in _parsed(base))
+    elif family == "numeric":
+        forms.extend(_as_instants(x))
+    return forms
 
 
 def _parsed(text: pa.Array) -> list[tuple[list[Step], pa.Array]]:
@@ -620,20 +729,22 @@ def _decimals(values: np.ndarray) -> int:
     return 7
 
 
-def _factors(x: np.ndarray, wanted: np.ndarray) -> list[float]:
-    """Scale factors the data suggests: the ratio of medians snapped to a power of ten or a unit factor."""
+def _factors(x: np.ndarray, wanted: np.ndarray) -> list[tuple[float, bool]]:
+    """Scale factors the data suggests: the ratio of medians snapped to a power of ten or a unit factor,
+    each with whether it is a standard unit (the ratio lies within :data:`STANDARD_TOLERANCE` of a power
+    of ten or :data:`UNIT_TOLERANCE` of a unit factor) or only the target's order of magnitude."""
     mine, theirs = float(np.median(np.abs(x))), float(np.median(np.abs(wanted)))
     if mine == 0 or theirs == 0 or not math.isfinite(mine / theirs):
         return []
     ratio = theirs / mine
-    out: list[float] = []
+    out: list[tuple[float, bool]] = []
     power = 10.0 ** round(math.log10(ratio))
     if power != 1.0 and 0.3 <= ratio / power <= 3.0:
-        out.append(float(f"{power:.12g}"))
+        out.append((float(f"{power:.12g}"), abs(ratio / power - 1.0) <= STANDARD_TOLERANCE))
     for unit in UNIT_FACTORS:
         for factor in (unit, 1.0 / unit):
-            if abs(ratio / factor - 1.0) <= 0.15:
-                out.append(float(f"{factor:.12g}"))
+            if abs(ratio / factor - 1.0) <= UNIT_TOLERANCE:
+                out.append((float(f"{factor:.12g}"), True))
     return out
 
 
