@@ -10,9 +10,12 @@ Steps (each on a private PostgreSQL started for the run, see ``tests/cdc/pg_serv
    from ``restore`` to the last change. The server's logical decoding runs on the same cores, so the
    figure is end-to-end for the source, not the Python decoder alone.
 
-The end-to-end part (``lag_p50_s``, ``lag_p99_s``, ``pgbench_tps`` while the pipeline runs with a 1 s
-checkpoint interval) needs the pipeline wiring of the CDC source; ``measure_end_to_end`` is where it
-slots in and it reports nulls until then.
+4. end to end (``measure_end_to_end``): on a fresh database of the same scale, ``lakegate run`` (its own
+   process, 1 s checkpoints) takes its snapshot of the pgbench tables and a one-row probe table; then
+   pgbench runs unthrottled (``pgbench_tps``, compare ``pgbench_tps_alone``) while a separate connection
+   bumps the probe every 100 ms and a long-lived ``CurrentReader`` polls it through the always-current
+   read path: ``lag_p50_s``/``lag_p99_s`` from commit to visible. ``peak_rss_mb`` is the pipeline
+   process's peak RSS (VmHWM); the bench process's own is ``bench_process_peak_rss_mb``.
 
     python bench/cdc.py              # scale 10, 20 s of pgbench
     python bench/cdc.py --quick      # scale 2, 6 s of pgbench (about 20 s in all)
@@ -28,11 +31,16 @@ import argparse
 import cProfile
 import io
 import json
+import os
 import pstats
 import re
 import resource
+import shutil
+import signal
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -51,9 +59,12 @@ TABLES = ["pgbench_accounts", "pgbench_branches", "pgbench_tellers", "pgbench_hi
 CHANGES_PER_TRANSACTION = 4  # tpcb-like: three UPDATEs and one INSERT
 
 
-def run_pgbench(server: PostgresServer, *args: str) -> str:
-    command = [find_binary("pgbench"), "-h", "127.0.0.1", "-p", str(server.port), "-U", "postgres", *args]
-    done = subprocess.run([*command, "postgres"], capture_output=True, text=True, check=False)
+def _pgbench_command(server: PostgresServer, *args: str) -> list[str]:
+    return [find_binary("pgbench"), "-h", "127.0.0.1", "-p", str(server.port), "-U", "postgres", *args]
+
+
+def run_pgbench(server: PostgresServer, *args: str, database: str = "postgres") -> str:
+    done = subprocess.run([*_pgbench_command(server, *args), database], capture_output=True, text=True, check=False)
     if done.returncode:
         raise RuntimeError(f"pgbench {' '.join(args)} failed: {done.stderr[-2000:]}")
     return done.stdout
@@ -112,13 +123,185 @@ def read_backlog(dsn: str, expected: int, batch_rows: int, profile: bool) -> dic
     }
 
 
+PROBE_TABLE = "lg_probe"
+
+
+def _state_phase(spec_path: Path) -> str | None:
+    """The phase of the source in the pipeline's last committed checkpoint (``snapshot``/``stream``)."""
+    from lakegate.core.config import load_spec
+    from lakegate.runtime.state import StateStore
+
+    spec = load_spec(spec_path)
+    if not (spec.state_dir / "state.db").exists():
+        return None
+    store = StateStore(spec.state_dir)
+    try:
+        record = store.latest()
+    finally:
+        store.close()
+    if record is None or record.status != "committed":
+        return None
+    position = record.source_positions.get("pg")
+    return position.get("phase") if isinstance(position, dict) else None
+
+
+def _peak_rss_mb(pid: int) -> float | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+class Probe(threading.Thread):
+    """Every 100 ms, a separate connection commits ``UPDATE lg_probe SET seq = seq + 1`` and notes when."""
+
+    def __init__(self, dsn: str) -> None:
+        super().__init__(daemon=True)
+        self.dsn = dsn
+        self.committed: dict[int, float] = {}
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        import psycopg2
+
+        conn = psycopg2.connect(self.dsn)
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            while not self.stop.is_set():
+                cur.execute(
+                    f"UPDATE {PROBE_TABLE} SET seq = seq + 1, at = clock_timestamp() WHERE id = 1 RETURNING seq"
+                )
+                seq = cur.fetchone()[0]
+                self.committed[seq] = time.time()
+                self.stop.wait(0.1)
+        conn.close()
+
+
 def measure_end_to_end(server: PostgresServer, args: argparse.Namespace) -> dict[str, Any]:
-    """Lag percentiles and pgbench tps with a pipeline consuming (1 s checkpoints): not wired yet."""
+    """Commit in PostgreSQL -> visible through the always-current read path, under unthrottled pgbench.
+
+    A pipeline (``lakegate run``, its own process, 1 s checkpoints) captures the pgbench tables and a
+    one-row probe table; once its snapshot is committed, pgbench runs and a separate connection bumps
+    the probe every 100 ms. A long-lived ``CurrentReader`` polls the probe's mirror: a probe commit's lag
+    is the time from its commit to the first poll that shows it (or a later value).
+    """
+    import psycopg2
+    import yaml
+
+    from lakegate.core.config import load_spec
+    from lakegate.query.cdc_views import CurrentReader
+    from lakegate.sinks.catalog import open_catalog
+
+    admin = psycopg2.connect(server.dsn)
+    admin.autocommit = True
+    with admin.cursor() as cur:
+        cur.execute("CREATE DATABASE lag")
+    admin.close()
+    dsn = server.dsn.replace("dbname=postgres", "dbname=lag")
+    run_pgbench(server, "-i", "-q", "-s", str(args.scale_used), database="lag")
+    conn = psycopg2.connect(dsn)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute(f"CREATE TABLE {PROBE_TABLE} (id int PRIMARY KEY, seq bigint, at timestamptz)")
+        cur.execute(f"INSERT INTO {PROBE_TABLE} VALUES (1, 0, now())")
+    conn.close()
+    work = Path(tempfile.mkdtemp(prefix="lakegate-bench-cdc-"))
+    spec_path = work / "lag.yaml"
+    spec_path.write_text(
+        yaml.safe_dump(
+            {
+                "pipeline": "lag",
+                "data_dir": str(work / "data"),
+                "sources": [{"type": "postgres", "name": "pg", "dsn": dsn, "tables": [*TABLES, PROBE_TABLE]}],
+                "checkpoint": {"interval": "1s"},
+            }
+        )
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO)])}
+    log_path = work / "pipeline.log"
+    log_file = log_path.open("wb")
+    verbose = ["-v"] if args.verbose else []
+    pipeline = subprocess.Popen(
+        [sys.executable, "-m", "lakegate.cli.main", *verbose, "run", str(spec_path), "-q", "--max-seconds", "3600"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=log_file,
+    )
+    try:
+        started = time.monotonic()
+        while _state_phase(spec_path) != "stream":
+            if pipeline.poll() is not None or time.monotonic() - started > 600:
+                failure = log_path.read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"the pipeline did not finish its snapshot: {failure}")
+            time.sleep(0.2)
+        snapshot_s = time.monotonic() - started
+        spec = load_spec(spec_path)
+        reader = CurrentReader(open_catalog(spec.catalog, spec.data_dir), spec.namespace)
+        probe = Probe(dsn)
+        load = subprocess.Popen(
+            _pgbench_command(
+                server, "-T", str(args.seconds_used), "-c", str(args.clients), "-j", str(min(args.clients, 2)), "lag"
+            ),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        probe.start()
+        lags: list[float] = []
+        last = 0
+        seen = 0
+        polls = 0
+        while True:
+            done = load.poll() is not None
+            if done and not probe.stop.is_set():
+                probe.stop.set()
+                probe.join()
+                last = max(probe.committed, default=0)
+            visible = reader.read(PROBE_TABLE, columns="seq").column("seq").to_pylist()
+            now = time.time()
+            polls += 1
+            current = int(visible[0]) if visible else 0
+            for seq in range(seen + 1, current + 1):
+                if seq in probe.committed:
+                    lags.append(now - probe.committed[seq])
+            seen = max(seen, current)
+            if done and seen >= last:
+                break
+            if done and time.monotonic() - started > 3600:
+                raise RuntimeError("the probe's last commit never became visible")
+            time.sleep(0.05)  # a poll every ~50 ms plus its own time: resolution enough, without hogging a core
+        output, errors = load.communicate()
+        if load.returncode:
+            raise RuntimeError(f"pgbench failed: {errors[-2000:]}")
+        tps, _ = pgbench_figures(output)
+        peak = _peak_rss_mb(pipeline.pid)
+        reader.close()
+    finally:
+        pipeline.send_signal(signal.SIGKILL)
+        pipeline.wait()
+        log_file.close()
+        if args.verbose:
+            shutil.copy(log_path, Path(tempfile.gettempdir()) / "lakegate-bench-cdc-pipeline.log")
+        shutil.rmtree(work, ignore_errors=True)
+    ordered = sorted(lags)
+
+    def percentile(share: float) -> float | None:
+        return round(ordered[min(len(ordered) - 1, int(share * len(ordered)))], 3) if ordered else None
+
     return {
-        "lag_p50_s": None,
-        "lag_p99_s": None,
-        "pgbench_tps": None,
-        "end_to_end_note": "needs the CDC source in the pipeline runtime (Iceberg commits); not measured here",
+        "lag_p50_s": percentile(0.50),
+        "lag_p99_s": percentile(0.99),
+        "lag_max_s": round(ordered[-1], 3) if ordered else None,
+        "lag_samples": len(ordered),
+        "lag_polls": polls,
+        "pgbench_tps": round(tps, 1),
+        "pipeline_peak_rss_mb": None if peak is None else round(peak, 1),
+        "snapshot_s": round(snapshot_s, 1),
+        "end_to_end_note": "lakegate run in its own process, 1 s checkpoints, pgbench tables + probe, scale "
+        f"{args.scale_used}; lag = probe commit -> visible through CurrentReader (always-current view)",
     }
 
 
@@ -130,9 +313,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--batch-rows", type=int, default=50_000)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument(
+        "--verbose", action="store_true", help="keep the pipeline's log (checkpoint timings) in $TMPDIR"
+    )
     args = parser.parse_args(argv)
     scale = args.scale or (2 if args.quick else 10)
     seconds = args.seconds or (6 if args.quick else 20)
+    args.scale_used, args.seconds_used = scale, seconds
     with PostgresServer() as server:
         run_pgbench(server, "-i", "-q", "-s", str(scale))
         conn = repl.connect(server.dsn)
@@ -161,7 +348,11 @@ def main(argv: list[str] | None = None) -> int:
         "lag_p99_s": end_to_end["lag_p99_s"],
         "pgbench_tps": end_to_end["pgbench_tps"],
         "pgbench_tps_alone": round(tps_alone, 1),
-        "peak_rss_mb": round(peak_rss_mb, 1),
+        "peak_rss_mb": end_to_end["pipeline_peak_rss_mb"] or round(peak_rss_mb, 1),
+        "bench_process_peak_rss_mb": round(peak_rss_mb, 1),
+        "lag_max_s": end_to_end["lag_max_s"],
+        "lag_samples": end_to_end["lag_samples"],
+        "snapshot_s": end_to_end["snapshot_s"],
         "scale": scale,
         "pgbench_seconds": seconds,
         "backlog_rows": backlog["rows"],

@@ -7,10 +7,11 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import yaml
 
-from lakegate.cli.cdc import add_cdc_commands
+from lakegate.cli.cdc import add_cdc_commands, cdc_source_entry, cdc_status_lines
 from lakegate.cli.contract import add_contract_commands
 from lakegate.cli.render import render_table
 from lakegate.cli.schema import add_schema_commands
@@ -28,30 +29,44 @@ def _catalog_of(spec_path: str | None) -> tuple[object, dict[str, str], Pipeline
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    """Write a working spec for a directory of files."""
+    """Write a working spec for a directory of files or a database (PostgreSQL, MySQL/MariaDB)."""
     target = Path(args.output or f"{args.name}.yaml")
     if target.exists() and not args.force:
         print(f"{target} exists; pass --force to overwrite", file=sys.stderr)
         return 2
-    source: dict[str, object] = {"name": args.name, "type": "files", "path": args.path, "format": args.format}
-    if args.watch:
-        source["watch"] = True
     table: dict[str, object] = {}
-    if args.event_time:
-        table["event_time"] = {"field": args.event_time, "max_out_of_orderness": "5m"}
+    if args.source == "files":
+        if not args.path:
+            print("lakegate init --source files needs --path", file=sys.stderr)
+            return 2
+        source: dict[str, object] = {"name": args.name, "type": "files", "path": args.path, "format": args.format}
+        if args.watch:
+            source["watch"] = True
+        if args.event_time:
+            table["event_time"] = {"field": args.event_time, "max_out_of_orderness": "5m"}
+        checkpoint: dict[str, object] = {"interval": "10s", "max_rows": 1_000_000}
+    else:
+        source = cdc_source_entry(args)
+        checkpoint = {"interval": "5s", "max_rows": 1_000_000}
     data = {
         "pipeline": args.name,
         "namespace": args.namespace,
         "data_dir": args.data_dir,
         "sources": [source],
         "tables": {args.name: table} if table else {},
-        "checkpoint": {"interval": "10s", "max_rows": 1_000_000},
+        "checkpoint": checkpoint,
     }
     parse_spec(data, origin=str(target))  # never write a spec that would not load
     target.write_text(
         f"# lakegate pipeline spec; see README.md for every field\n{yaml.safe_dump(data, sort_keys=False)}"
     )
-    print(f"wrote {target}; run it with: lakegate run {target} --until-idle")
+    if args.source == "files":
+        print(f"wrote {target}; run it with: lakegate run {target} --until-idle")
+    else:
+        print(
+            f"wrote {target}; run it with: lakegate run {target} (a snapshot, then changes as they commit);"
+            f" lakegate status {target} shows the replication lag"
+        )
     return 0
 
 
@@ -92,10 +107,16 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"pipeline {spec.pipeline} (namespace {spec.namespace}), state {store.path}")
     if latest is None:
         print("  no checkpoint yet")
+        for line in cdc_status_lines(spec, {}):
+            print(line)
         return 0
     print(f"  last checkpoint #{latest.checkpoint_id} ({latest.status}); counts {latest.counts}")
+    cdc_sources = {s.name for s in spec.sources if s.type != "files"}
     for source, position in sorted(latest.source_positions.items()):
-        print(f"  source {source}: {position}")
+        if source not in cdc_sources:
+            print(f"  source {source}: {position}")
+    for line in cdc_status_lines(spec, latest.source_positions):
+        print(line)
     tables = TableManager(open_catalog(spec.catalog, spec.data_dir), spec.namespace)
     for name in latest.tables:
         table = tables.get(name)
@@ -119,11 +140,28 @@ def cmd_tables(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_query(args: argparse.Namespace) -> int:
-    from lakegate.query.duckdb_reader import query
+def query_current(catalog: Any, sql: str, s3: dict[str, str] | None) -> Any:
+    """SQL over the catalog where a CDC mirror ``T`` reads through its always-current view (the
+    compacted mirror merged with the changes committed since); ``T__current`` names the same view."""
+    from lakegate.query.cdc_views import register_current_views
+    from lakegate.query.duckdb_reader import connect
 
+    connection = connect(catalog, s3)
+    try:
+        for view in register_current_views(connection, catalog):
+            namespace, _, name = view.rpartition(".")
+            mirror = name.removesuffix("__current")
+            connection.execute(
+                f'CREATE OR REPLACE VIEW "{namespace}"."{mirror}" AS SELECT * FROM "{namespace}"."{name}"'
+            )
+        return connection.execute(sql).fetch_arrow_table()
+    finally:
+        connection.close()
+
+
+def cmd_query(args: argparse.Namespace) -> int:
     catalog, s3, _ = _catalog_of(args.spec)
-    result = query(catalog, args.sql, s3 if any(k.startswith("s3.") for k in s3) else None)  # type: ignore[arg-type]
+    result = query_current(catalog, args.sql, s3 if any(k.startswith("s3.") for k in s3) else None)
     if args.format == "csv":
         import pyarrow.csv as pacsv
 
@@ -181,13 +219,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("init", help="write a working pipeline spec")
     p.add_argument("name")
-    p.add_argument("--source", choices=["files"], default="files")
-    p.add_argument("--path", required=True, help="directory to read files from")
+    p.add_argument("--source", choices=["files", "postgres", "mysql"], default="files")
+    p.add_argument("--path", help="files: directory to read files from")
     p.add_argument("--format", default="ndjson", choices=["ndjson", "json", "csv", "avro", "parquet", "auto"])
     p.add_argument("--event-time", help="field holding each record's event time")
     p.add_argument("--namespace", default="lakegate")
     p.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR))
     p.add_argument("--watch", action="store_true", help="keep watching the directory for new files")
+    p.add_argument("--dsn", help="postgres: libpq connection string (the user needs REPLICATION)")
+    p.add_argument("--tables", help="postgres/mysql: comma-separated source tables (schema.table or table)")
+    p.add_argument("--host", default="127.0.0.1", help="mysql: server host")
+    p.add_argument("--port", type=int, default=3306, help="mysql: server port")
+    p.add_argument("--user", help="mysql: user (needs REPLICATION SLAVE, REPLICATION CLIENT, SELECT)")
+    p.add_argument("--password-env", help="mysql: environment variable holding the password")
+    p.add_argument("--database", help="mysql: database to capture")
     p.add_argument("-o", "--output", help="spec file to write (default NAME.yaml)")
     p.add_argument("--force", action="store_true")
     p.set_defaults(func=cmd_init)
@@ -199,7 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress line")
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("status", help="checkpoint, source positions and tables of a pipeline")
+    p = sub.add_parser("status", help="checkpoint, source positions, replication lag and tables of a pipeline")
     p.add_argument("spec")
     p.set_defaults(func=cmd_status)
 

@@ -11,14 +11,18 @@ from pathlib import Path
 from typing import Any
 
 from lakegate.contracts.stage import ContractStage
-from lakegate.core.config import PipelineSpec, load_spec
-from lakegate.core.errors import ReconciliationError, StageError
+from lakegate.core.config import FileSourceSpec, MySQLSourceSpec, PipelineSpec, PostgresSourceSpec, load_spec
+from lakegate.core.errors import LakegateError, ReconciliationError, StageError
 from lakegate.normalize.stage import NormalizedBatch, Normalizer
+from lakegate.runtime.cdc import STATE_KEY as CDC_STATE_KEY
+from lakegate.runtime.cdc import CdcRuntime, Compactor
 from lakegate.runtime.checkpoint import Counts, OpenCheckpoint, finish_pending, run_protocol
 from lakegate.runtime.governance import Governance, quarantine
 from lakegate.runtime.state import CheckpointRecord, StateStore
+from lakegate.schema.llm_proposer import LLMProposer
 from lakegate.schema.stage import SchemaPolicy, SchemaStage
 from lakegate.sinks.catalog import open_catalog
+from lakegate.sinks.cdc import CompactionPolicy
 from lakegate.sinks.commit import delete_stray_files
 from lakegate.sinks.tables import Granularity, TableManager
 from lakegate.sources.base import Source
@@ -94,8 +98,29 @@ class RunSummary:
 
 
 def build_sources(spec: PipelineSpec) -> list[Source]:
-    """One connector per spec entry."""
-    return [FileSource(s, max_payload_bytes=spec.dead_letter.max_payload_bytes) for s in spec.sources]
+    """One connector per spec entry (the CDC connectors import their drivers only when used)."""
+    sources: list[Source] = []
+    for s in spec.sources:
+        if isinstance(s, FileSourceSpec):
+            sources.append(FileSource(s, max_payload_bytes=spec.dead_letter.max_payload_bytes))
+        elif isinstance(s, PostgresSourceSpec):
+            from lakegate.sources.postgres import PostgresSource
+
+            sources.append(PostgresSource(s))
+        elif isinstance(s, MySQLSourceSpec):
+            from lakegate.sources.mysql import MySQLSource
+
+            sources.append(MySQLSource(s, max_payload_bytes=spec.dead_letter.max_payload_bytes))
+    return sources
+
+
+def _advisor(spec: PipelineSpec) -> LLMProposer | None:
+    """The optional model that proposes mappings for held schema changes (``llm:`` in the spec)."""
+    if not spec.llm:
+        return None
+    from lakegate.ai.llm import ChatClient, LLMConfig
+
+    return LLMProposer(ChatClient(LLMConfig.parse(spec.llm, origin="llm")))
 
 
 class Pipeline:
@@ -113,12 +138,13 @@ class Pipeline:
         self.tables = TableManager(self.catalog, spec.namespace)
         self.state = StateStore(spec.state_dir)
         self.sources = build_sources(spec)
-        self._source_tables = {s.name: spec.table_of(s) for s in spec.sources}
+        self._source_tables = {s.name: spec.table_of(s) for s in spec.sources if isinstance(s, FileSourceSpec)}
         self.normalizers: dict[str, Normalizer] = {
             table: Normalizer(table, spec.table_spec(table), spec.dead_letter.max_payload_bytes)
             for table in sorted(set(self._source_tables.values()))
         }
         self.governance = self._governance(spec)
+        self.cdc = self._cdc(spec)
         self.known_tables: list[str] = []
         self._pending_state: dict[str, str] = {}
         self.last_checkpoint = 0
@@ -128,15 +154,36 @@ class Pipeline:
     def _governance(spec: PipelineSpec) -> Governance | None:
         stages: dict[str, ContractStage] = {}
         schema_stages: dict[str, SchemaStage] = {}
+        advisor = _advisor(spec)
         pins: dict[str, int | None] = {}
-        for table in sorted(set(spec.table_of(s) for s in spec.sources)):
+        for table in spec.target_tables():
             contract_spec = spec.table_spec(table).contract
             if contract_spec is not None and contract_spec.enabled:
                 stages[table] = ContractStage(table, contract_spec)
                 pins[table] = contract_spec.pin_version
                 if contract_spec.schema_intelligence:
-                    schema_stages[table] = SchemaStage(table, SchemaPolicy(auto_apply=contract_spec.auto_apply))
+                    schema_stages[table] = SchemaStage(
+                        table, SchemaPolicy(auto_apply=contract_spec.auto_apply), advisor=advisor
+                    )
         return Governance(spec.registry_url, stages, pins, schema_stages) if stages else None
+
+    def _cdc(self, spec: PipelineSpec) -> CdcRuntime | None:
+        """The CDC glue when a source is a database (its decisions go to the contract registry)."""
+        if all(isinstance(s, FileSourceSpec) for s in spec.sources):
+            return None
+
+        def registry() -> object:
+            if self.governance is not None:
+                return self.governance.registry
+            from lakegate.contracts.registry import ContractRegistry
+
+            return ContractRegistry(spec.registry_url)
+
+        policy = CompactionPolicy(
+            every_checkpoints=spec.checkpoint.compact_every, max_change_share=spec.checkpoint.compact_share
+        )
+        compactor = Compactor(lambda: TableManager(open_catalog(spec.catalog, spec.data_dir), spec.namespace), policy)
+        return CdcRuntime(spec, self.tables, registry, compactor)
 
     def _operator_state(self) -> dict[str, bytes]:
         state = {name: base64.b64decode(encoded) for name, encoded in self._pending_state.items()}
@@ -144,6 +191,8 @@ class Pipeline:
         if self.governance:
             state.update({f"contract:{t}": s.snapshot() for t, s in self.governance.stages.items()})
             state.update({f"schema:{t}": s.snapshot() for t, s in self.governance.schema_stages.items()})
+        if self.cdc is not None:
+            state[CDC_STATE_KEY] = self.cdc.snapshot()
         return state
 
     @classmethod
@@ -179,6 +228,8 @@ class Pipeline:
                 if removed:
                     log.warning("removed %d data file(s) of an unfinished checkpoint in %s", len(removed), name)
         self._restore(record)
+        if self.cdc is not None:
+            self.cdc.after_recover(record)
         return record.checkpoint_id
 
     def _restore(self, record: CheckpointRecord) -> None:
@@ -187,6 +238,9 @@ class Pipeline:
         for name, encoded in record.operator_state.items():
             if name in self.normalizers:
                 self.normalizers[name].restore(base64.b64decode(encoded))
+            elif name == CDC_STATE_KEY:
+                if self.cdc is not None:
+                    self.cdc.restore(base64.b64decode(encoded))
             elif ":" not in name:
                 self._pending_state[name] = encoded  # a table named by its batches: restored on first sight
             elif name.startswith("contract:") and self.governance:
@@ -244,6 +298,15 @@ class Pipeline:
         batch = source.poll()
         if batch is None:
             return False
+        cdc = self.cdc if self.cdc is not None and self.cdc.handles(source.name) else None
+        if cdc is not None:
+            table = cdc.route(source.name, batch)
+            try:
+                batch = cdc.prepare(source, batch, self._normalizer(table))
+            except LakegateError:
+                raise
+            except Exception as err:
+                raise StageError("cdc", checkpoint.checkpoint_id, f"{type(err).__name__}: {err}") from err
         table = batch.table or self._source_tables[source.name]
         try:
             result: NormalizedBatch = self._normalizer(table).process(batch)
@@ -267,6 +330,10 @@ class Pipeline:
             quarantined = outcome.quarantined_count
             summary.alerts.extend(outcome.alerts)
         summary.quarantined += quarantined
+        if cdc is not None:
+            result = cdc.land(checkpoint, table, batch, result)
+        else:
+            checkpoint.add_rows(table, result.rows)
         counts = Counts(
             records_read=result.records_read,
             rows_landed=result.rows.num_rows,
@@ -275,7 +342,6 @@ class Pipeline:
             late_rows=result.late_rows,
         )
         counts.check(f"batch {batch.source_ref} (checkpoint {checkpoint.checkpoint_id})")
-        checkpoint.add_rows(table, result.rows)
         for side_table, side_rows in batch.side_rows.items():
             checkpoint.add_rows(side_table, side_rows)
         for child, rows in result.children.items():
@@ -293,6 +359,7 @@ class Pipeline:
         return True
 
     def _checkpoint(self, checkpoint: OpenCheckpoint, summary: RunSummary) -> None:
+        started = time.monotonic()
         record = run_protocol(
             checkpoint,
             state=self.state,
@@ -301,6 +368,10 @@ class Pipeline:
             known_tables=self.known_tables,
             acknowledge=lambda: self._acknowledge_positions(),
         )
+        log.info(
+            "checkpoint #%d committed in %.3fs: %d records, %d table(s)",
+            record.checkpoint_id, time.monotonic() - started, checkpoint.counts.records_read, len(record.files),
+        )  # fmt: skip
         self.known_tables = record.tables
         self.last_checkpoint = record.checkpoint_id
         summary.checkpoints += 1
@@ -308,6 +379,8 @@ class Pipeline:
         summary.counts.add(checkpoint.counts)
         if self.governance:
             self.governance.follow_active()
+        if self.cdc is not None:
+            self.cdc.after_commit(self._positions)
 
     def _acknowledge_positions(self) -> None:
         for source in self.sources:
@@ -378,6 +451,8 @@ class Pipeline:
         )
 
     def close(self) -> None:
+        if self.cdc is not None:
+            self.cdc.close()
         for source in self.sources:
             source.close()
         self.state.close()

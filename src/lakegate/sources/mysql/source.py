@@ -13,20 +13,18 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
-import zlib
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pymysql
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from lakegate.core.batch import SourceBatch
 from lakegate.core.cdc import BEFORE, COMMIT_POSITION, COMMIT_TIME, OP, ColumnChange, SchemaChange
-from lakegate.core.config import NAME_PATTERN
+from lakegate.core.config import MySQLSourceSpec
 from lakegate.core.deadletter import DEFAULT_MAX_PAYLOAD_BYTES, DeadLetters, Reason
 from lakegate.core.errors import ConfigError
 from lakegate.sources.mysql.binlog import (
@@ -52,55 +50,6 @@ from lakegate.sources.mysql.types import row_json, to_arrow
 
 DECODE_STAGE = "decode"
 POSITION_VERSION = 1
-
-
-class MySQLSourceSpec(BaseModel):
-    """A MySQL/MariaDB server read through its binlog (ROW format, ``binlog_row_metadata=FULL``)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    type: Literal["mysql"] = "mysql"
-    name: str = Field(pattern=NAME_PATTERN)
-    host: str = "127.0.0.1"
-    port: int = Field(default=3306, gt=0, lt=65536)
-    user: str = Field(min_length=1)
-    password_env: str | None = None
-    """Name of the environment variable holding the password (never the password itself)."""
-    databases: list[str] = Field(min_length=1)
-    tables: list[str] | None = None
-    """``database.table`` (or ``table`` when one database is listed); all tables of ``databases`` if unset."""
-    server_id: int | None = Field(default=None, ge=1, le=2**32 - 1)
-    """Replica id the binlog dump registers with; unique per reader on the server (derived from name if unset)."""
-    snapshot: bool = True
-    position_mode: Literal["file", "gtid"] = "file"
-    """Resume by binlog file/offset, or by MariaDB GTID (survives a switch to another server of the cluster)."""
-    batch_rows: int = Field(default=50_000, gt=0)
-    max_poll_seconds: float = Field(default=0.2, gt=0)
-    connect_timeout: float = Field(default=10.0, gt=0)
-
-    @field_validator("databases")
-    @classmethod
-    def _databases_named(cls, value: list[str]) -> list[str]:
-        if any(not name or "." in name for name in value):
-            raise ValueError("a database is a plain name without dots")
-        return value
-
-    @model_validator(mode="after")
-    def _tables_in_databases(self) -> MySQLSourceSpec:
-        for table in self.tables or []:
-            if "." not in table and len(self.databases) != 1:
-                raise ValueError(f"tables: {table!r} needs its database ('database.table') when several are listed")
-            if "." in table and table.split(".", 1)[0] not in self.databases:
-                raise ValueError(f"tables: {table!r} is not in one of databases {self.databases}")
-        return self
-
-    def qualified_tables(self) -> set[str] | None:
-        if self.tables is None:
-            return None
-        return {table if "." in table else f"{self.databases[0]}.{table}" for table in self.tables}
-
-    def effective_server_id(self) -> int:
-        return self.server_id or 100_000 + zlib.crc32(self.name.encode()) % 1_000_000_000
 
 
 def resolve_password(spec: MySQLSourceSpec) -> str:
@@ -279,6 +228,11 @@ class MySQLSource:
         if self._snapshot_reader is not None:
             self._snapshot_reader.close()
             self._snapshot_reader = None
+
+    def primary_key(self, table: str) -> list[str]:
+        """The primary key of source table ``table`` (``database.table``) as last seen; empty without one."""
+        shape = self._shapes.get(table)
+        return list(shape.primary_key) if shape is not None else []
 
     def status(self) -> dict[str, Any]:
         """Binlog retention and lag: the server's binlog end versus the read and acknowledged positions."""

@@ -49,11 +49,10 @@ import numpy as np
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from lakegate.core.batch import SourceBatch
 from lakegate.core.cdc import BEFORE, COMMIT_POSITION, COMMIT_TIME, OP, ColumnChange, SchemaChange
-from lakegate.core.config import NAME_PATTERN, Duration
+from lakegate.core.config import PostgresSourceSpec
 from lakegate.core.deadletter import DeadLetters, Reason
 from lakegate.core.types import TIMESTAMP
 from lakegate.sources.postgres import replication as repl
@@ -79,53 +78,6 @@ log = logging.getLogger(__name__)
 UNCHANGED_COLUMN = "_lg_unchanged"
 """Columns of an update whose value the server did not send (unchanged TOAST): keep the stored value."""
 DECODE_STAGE = "decode"
-_TABLE_NAME = r"^[A-Za-z_][A-Za-z0-9_$]*(\.[A-Za-z_][A-Za-z0-9_$]*)?$"
-_SLOT_NAME = r"^[a-z0-9_]{1,63}$"
-
-
-class PostgresSourceSpec(BaseModel):
-    """A PostgreSQL database read through logical replication (pgoutput)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    type: Literal["postgres"] = "postgres"
-    name: str = Field(pattern=NAME_PATTERN)
-    dsn: str = Field(min_length=1)
-    """libpq connection string or URL; the user needs the REPLICATION attribute."""
-    tables: list[str] = Field(min_length=1)
-    """``schema.table`` or a bare name (schema ``public``)."""
-    slot: str = Field(default="", pattern=r"^$|" + _SLOT_NAME)
-    """Replication slot (default ``lakegate_<name>``)."""
-    publication: str = Field(default="", pattern=r"^$|^[A-Za-z_][A-Za-z0-9_]{0,62}$")
-    """Publication (default ``lakegate_<name>``); created for ``tables`` if missing."""
-    snapshot: bool = True
-    """Copy the tables' current rows first (``_lg_op = 'r'``), then stream."""
-    batch_rows: int = Field(default=50_000, gt=0)
-    poll_timeout: Duration = 0.2
-    """Longest a poll reads before returning what it has (keeps checkpoints on time)."""
-
-    @field_validator("tables")
-    @classmethod
-    def _check_tables(cls, tables: list[str]) -> list[str]:
-        import re
-
-        for table in tables:
-            if not re.match(_TABLE_NAME, table):
-                raise ValueError(f"{table!r} is not 'schema.table' or 'table' (plain identifiers)")
-        if len(set(tables)) != len(tables):
-            raise ValueError("a table is listed twice")
-        return tables
-
-    @model_validator(mode="before")
-    @classmethod
-    def _default_names(cls, data: Any) -> Any:
-        if isinstance(data, dict) and isinstance(data.get("name"), str):
-            data = dict(data)
-            data.setdefault("slot", f"lakegate_{data['name']}")
-            data.setdefault("publication", f"lakegate_{data['name']}")
-            data["slot"] = data["slot"] or f"lakegate_{data['name']}"
-            data["publication"] = data["publication"] or f"lakegate_{data['name']}"
-        return data
 
 
 # -- shapes --------------------------------------------------------------------------------------
@@ -835,6 +787,32 @@ class PostgresSource:
             dead_letters=dead,
             schema_changes=segment.schema_changes,
         )
+
+    # -- keys --------------------------------------------------------------------------------------
+
+    def primary_key(self, table: str) -> list[str]:
+        """The primary key of source table ``table`` (``schema.table``); empty when it has none.
+
+        The relation's key flags are the replica identity: the primary key under ``DEFAULT``, the
+        chosen index under ``USING INDEX``, but every column under ``FULL``; then (and when the shape
+        is not known yet) the catalog says.
+        """
+        relation = self._shapes.get(table)
+        if relation is not None and relation.replica_identity in ("d", "i"):
+            return relation.key_columns
+        conn = self._conn if self._conn is not None else repl.connect(self.spec.dsn)
+        try:
+            with conn.cursor() as cur:
+                cur.execute(
+                    "SELECT a.attname FROM pg_index x JOIN pg_attribute a ON a.attrelid = x.indrelid"
+                    " AND a.attnum = ANY (x.indkey) WHERE x.indrelid = %s::regclass AND x.indisprimary"
+                    " ORDER BY array_position(x.indkey::int2[], a.attnum)",
+                    (repl.qualified_sql(table),),
+                )
+                return [str(row[0]) for row in cur.fetchall()]
+        finally:
+            if conn is not self._conn:
+                conn.close()
 
     # -- status ------------------------------------------------------------------------------------
 
