@@ -175,12 +175,16 @@ def test_a_rejected_change_is_no_longer_held_and_meets_the_contract_as_it_is(tmp
     assert reasons == [{"reason_code": "contract_violation", "n": PER_FILE}]
 
 
-def test_a_reverted_mapping_holds_that_shape_for_review_again(tmp_path: Path) -> None:
-    write_orders(tmp_path / "in", range(OLD_FILES), new_shape=False)
+def test_reverting_a_mapping_re_reads_what_it_shaped_and_holds_it_for_review(tmp_path: Path) -> None:
+    """Revert: the contract loses the mapping, the rows that landed through it are taken out and read
+    again from the files, and this time they wait for review; nothing is lost or doubled."""
+    expected = write_orders(tmp_path / "in", range(OLD_FILES), new_shape=False)
     write_orders(tmp_path / "in", range(OLD_FILES, OLD_FILES + 1), new_shape=True)
     spec = write_spec(tmp_path, auto_apply=0.8)
     assert run(spec).held == 0
+    assert len(landed(tmp_path)) == (OLD_FILES + 1) * PER_FILE
     applied = registry(tmp_path).proposals(status="applied")[0]
+    assert isinstance(applied.body.get("applied_checkpoint"), int)
 
     assert cli(["proposals", "revert", applied.id, "--spec", str(spec)]) == 0
     reg = registry(tmp_path)
@@ -188,7 +192,21 @@ def test_a_reverted_mapping_holds_that_shape_for_review_again(tmp_path: Path) ->
     assert active is not None and active.mappings == []
     assert reg.proposal(applied.id).status == "reverted"
 
+    summary = run(spec)  # re-reads the file the mapping shaped
+
+    assert summary.reconciled and summary.held == PER_FILE
+    assert_exact(tmp_path, expected)  # only the old-shape orders remain landed, each once
+    held = read_back(
+        tmp_path / "data",
+        "SELECT count(*) AS n, count(DISTINCT position) AS d FROM lakegate.sc__dead_letter"
+        " WHERE reason_code = 'schema_held'",
+    ).to_pylist()
+    assert held == [{"n": PER_FILE, "d": PER_FILE}]
+    assert [d.evidence["status"] for d in reg.decisions(kind="schema.replay_after_revert")] == ["done"]
+    pending = reg.proposals(status="pending")
+    assert len(pending) == 1 and "reverted" in " ".join(pending[0].body["held_because"])
+
     write_orders(tmp_path / "in", range(OLD_FILES + 1, OLD_FILES + 2), new_shape=True)
-    summary = run(spec)
-    assert summary.held == PER_FILE  # the same change is not re-applied on its own after a person reverted it
-    assert len(landed(tmp_path)) == (OLD_FILES + 1) * PER_FILE
+    assert run(spec).held == PER_FILE  # the same change is not re-applied on its own after a revert
+    assert cli(["proposals", "approve", pending[0].id, "--spec", str(spec), "--replay"]) == 0
+    assert len(landed(tmp_path)) == (OLD_FILES + 2) * PER_FILE

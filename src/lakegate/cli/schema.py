@@ -20,6 +20,7 @@ from lakegate.contracts.decisions import Decision
 from lakegate.contracts.registry import DEFAULT_REGISTRY_URL, ContractRegistry, ProposalRecord
 from lakegate.core.config import load_spec
 from lakegate.core.errors import ConfigError
+from lakegate.runtime.state import StateStore
 
 _SINCE_UNITS = {"m": 60, "h": 3600, "d": 86400}
 
@@ -102,8 +103,13 @@ def cmd_proposals_show(args: argparse.Namespace) -> int:
     return 0
 
 
-def approve(registry: ContractRegistry, proposal_id: str, actor: str) -> tuple[ProposalRecord, int]:
-    """Apply a held proposal: a new contract version carrying its mappings becomes active."""
+def approve(
+    registry: ContractRegistry, proposal_id: str, actor: str, applied_checkpoint: int | None = None
+) -> tuple[ProposalRecord, int]:
+    """Apply a held proposal: a new contract version carrying its mappings becomes active.
+
+    ``applied_checkpoint``: the pipeline's next checkpoint, the first its mappings shape (for a revert).
+    """
     proposal = registry.proposal(proposal_id)
     if proposal.status != "pending":
         raise ConfigError(f"proposal {proposal.id} is {proposal.status}; only a pending one can be approved")
@@ -121,7 +127,9 @@ def approve(registry: ContractRegistry, proposal_id: str, actor: str) -> tuple[P
     )
     stored = registry.register(mapped, actor=actor)
     registry.activate(proposal.dataset, stored.version, actor=actor, reason=f"proposal {proposal.id} approved")
-    updated = registry.set_proposal_status(proposal.id, "applied", actor=actor, contract_version=stored.version)
+    updated = registry.set_proposal_status(
+        proposal.id, "applied", actor=actor, contract_version=stored.version, applied_checkpoint=applied_checkpoint
+    )
     registry.record_decision(
         Decision(
             dataset=proposal.dataset,
@@ -137,9 +145,20 @@ def approve(registry: ContractRegistry, proposal_id: str, actor: str) -> tuple[P
     return updated, stored.version
 
 
+def _next_checkpoint(spec_path: str | None) -> int | None:
+    if not spec_path:
+        return None
+    state = StateStore(load_spec(spec_path).state_dir)
+    try:
+        latest = state.latest_committed()
+        return (latest.checkpoint_id if latest else 0) + 1
+    finally:
+        state.close()
+
+
 def cmd_proposals_approve(args: argparse.Namespace) -> int:
     registry = _registry(args)
-    proposal, version = approve(registry, args.id, args.actor)
+    proposal, version = approve(registry, args.id, args.actor, _next_checkpoint(args.spec))
     print(f"{proposal.dataset}: proposal {proposal.id} applied as contract v{version}")
     if args.replay:
         if not args.spec:
@@ -208,6 +227,19 @@ def revert(registry: ContractRegistry, proposal_id: str, actor: str) -> tuple[Pr
 def cmd_proposals_revert(args: argparse.Namespace) -> int:
     proposal, version = revert(_registry(args), args.id, args.actor)
     print(f"{proposal.dataset}: proposal {proposal.id} reverted; contract v{version} is active")
+    start = proposal.body.get("applied_checkpoint")
+    if args.spec and isinstance(start, int):
+        state = StateStore(load_spec(args.spec).state_dir)
+        try:
+            state.add_rewind(proposal.dataset, start, f"proposal {proposal.id} reverted by {args.actor}")
+        finally:
+            state.close()
+        print(
+            f"the next run re-reads what {proposal.dataset}'s sources landed since checkpoint {start}, under"
+            f" contract v{version} (rows of that shape wait for review)"
+        )
+    else:
+        print("rows already landed through it stay; pass --spec to have the next run re-read them")
     return 0
 
 

@@ -692,9 +692,19 @@ class ContractRegistry:
         return _proposal_of(rows[0])
 
     def set_proposal_status(
-        self, proposal_id: str, status: ProposalStatus, *, actor: str, contract_version: int | None = None
+        self,
+        proposal_id: str,
+        status: ProposalStatus,
+        *,
+        actor: str,
+        contract_version: int | None = None,
+        applied_checkpoint: int | None = None,
     ) -> ProposalRecord:
-        """Move a proposal on (``pending`` -> ``applied``/``rejected``; ``applied`` -> ``reverted``)."""
+        """Move a proposal on (``pending`` -> ``applied``/``rejected``; ``applied`` -> ``reverted``).
+
+        ``applied_checkpoint``: the first pipeline checkpoint whose rows the mapping shapes (kept in the
+        body, so a revert can re-read what the mapping touched).
+        """
         current = self.proposal(proposal_id)
         allowed = {"pending": {"applied", "rejected"}, "applied": {"reverted"}}
         if status not in allowed.get(current.status, set()):
@@ -702,6 +712,8 @@ class ContractRegistry:
         values: dict[str, Any] = {"status": status, "decided_at": _now(), "decided_by": actor}
         if contract_version is not None:
             values["contract_version"] = contract_version
+        if applied_checkpoint is not None:
+            values["body"] = orjson.dumps({**current.body, "applied_checkpoint": applied_checkpoint}).decode()
         with self._tx() as conn:
             conn.execute(update(self._proposals).where(self._proposals.c.id == current.id).values(**values))
         return self.proposal(current.id)

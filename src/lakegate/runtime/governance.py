@@ -178,7 +178,9 @@ class Governance:
 
     # -- schema intelligence --------------------------------------------------------------------
 
-    def schema_batch(self, table: str, result: NormalizedBatch, batch: SourceBatch) -> tuple[NormalizedBatch, int]:
+    def schema_batch(
+        self, table: str, result: NormalizedBatch, batch: SourceBatch, checkpoint_id: int
+    ) -> tuple[NormalizedBatch, int]:
         """Run the table's schema gate once its contract enforces; returns the batch and rows held."""
         stage = self.schema_stages.get(table)
         contract_stage = self.stages.get(table)
@@ -188,7 +190,7 @@ class Governance:
         if outcome.drift is not None:
             self._record_drift(table, outcome)
         for proposal in outcome.proposals:
-            self._record_proposal(table, proposal)
+            self._record_proposal(table, proposal, checkpoint_id)
         while stage.fallbacks:
             evidence = stage.fallbacks.pop(0)
             why = evidence.get("refusal") or evidence.get("reason")
@@ -223,7 +225,7 @@ class Governance:
             )
         )
 
-    def _record_proposal(self, table: str, proposal: Proposal) -> None:
+    def _record_proposal(self, table: str, proposal: Proposal, checkpoint_id: int) -> None:
         from lakegate.contracts.registry import ProposalRecord
 
         contract_stage = self.stages[table]
@@ -255,7 +257,7 @@ class Governance:
                 decided_at=datetime.now(UTC) if proposal.auto else None,
                 decided_by="lakegate" if proposal.auto else None,
                 contract_version=version,
-                body=proposal.body(),
+                body={**proposal.body(), **({"applied_checkpoint": checkpoint_id} if proposal.auto else {})},
             )
         )
         described = "; ".join(m.describe() for m in proposal.mappings) or "no mapping"

@@ -228,9 +228,36 @@ class Pipeline:
                 if removed:
                     log.warning("removed %d data file(s) of an unfinished checkpoint in %s", len(removed), name)
         self._restore(record)
+        current = self._rewind(record) if self.state.pending_rewinds() else record
         if self.cdc is not None:
-            self.cdc.after_recover(record)
-        return record.checkpoint_id
+            self.cdc.after_recover(current)
+        return current.checkpoint_id
+
+    def _rewind(self, record: CheckpointRecord) -> CheckpointRecord:
+        """Carry out the rewinds a reverted mapping left (see ``runtime/rewind.py``) and seek back."""
+        from lakegate.contracts.decisions import Decision
+        from lakegate.runtime.rewind import carry_out_rewinds
+
+        record, results = carry_out_rewinds(self, record)
+        self._restore(record)
+        for result in results:
+            if self.governance is not None:
+                self.governance.registry.record_decision(
+                    Decision(
+                        dataset=result.table,
+                        kind="schema.replay_after_revert",
+                        summary=f"{result.table}: {result.status}: rows landed since checkpoint"
+                        f" {result.from_checkpoint} by {result.sources} {result.note}",
+                        evidence={"from_checkpoint": result.from_checkpoint, "sources": result.sources,
+                                  "status": result.status, "note": result.note},  # fmt: skip
+                        reversal={"note": "the rows are re-read from the source; nothing is lost"},
+                    )
+                )
+        return record
+
+    def sources_of(self, table: str) -> list[Source]:
+        """The sources whose records land in ``table`` (from the spec)."""
+        return [s for s in self.sources if self._source_tables.get(s.name) == table]
 
     def _restore(self, record: CheckpointRecord) -> None:
         self.last_checkpoint = record.checkpoint_id
@@ -315,7 +342,7 @@ class Pipeline:
         quarantined = 0
         if self.governance is not None:
             try:
-                result, held = self.governance.schema_batch(table, result, batch)
+                result, held = self.governance.schema_batch(table, result, batch, checkpoint.checkpoint_id)
             except Exception as err:
                 raise StageError("schema", checkpoint.checkpoint_id, f"{type(err).__name__}: {err}") from err
             summary.held += held

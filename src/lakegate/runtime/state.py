@@ -64,6 +64,11 @@ class StateStore:
             "CREATE TABLE IF NOT EXISTS checkpoints ("
             " id INTEGER PRIMARY KEY, status TEXT NOT NULL, record BLOB NOT NULL, updated_at REAL NOT NULL)"
         )
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS rewinds ("
+            " id INTEGER PRIMARY KEY AUTOINCREMENT, target_table TEXT NOT NULL, from_checkpoint INTEGER NOT NULL,"
+            " reason TEXT NOT NULL, status TEXT NOT NULL DEFAULT 'pending', note TEXT)"
+        )
 
     def latest(self) -> CheckpointRecord | None:
         """The newest record, pending or committed."""
@@ -94,6 +99,35 @@ class StateStore:
             (time.time(), checkpoint_id),
         )
         self._db.execute("DELETE FROM checkpoints WHERE id <= ?", (checkpoint_id - self.KEEP,))
+
+    def get(self, checkpoint_id: int) -> CheckpointRecord | None:
+        row = self._db.execute("SELECT status, record FROM checkpoints WHERE id = ?", (checkpoint_id,)).fetchone()
+        return None if row is None else CheckpointRecord.from_json(row[0], row[1])
+
+    def put_committed(self, record: CheckpointRecord) -> None:
+        """A checkpoint that commits no data file (a rewind): written committed in one step."""
+        self._db.execute(
+            "INSERT OR REPLACE INTO checkpoints (id, status, record, updated_at) VALUES (?, 'committed', ?, ?)",
+            (record.checkpoint_id, record.to_json(), time.time()),
+        )
+
+    # -- rewinds: re-read what a table landed from some checkpoint on (after a mapping is reverted) ----
+
+    def add_rewind(self, table: str, from_checkpoint: int, reason: str) -> None:
+        self._db.execute(
+            "INSERT INTO rewinds (target_table, from_checkpoint, reason) VALUES (?, ?, ?)",
+            (table, from_checkpoint, reason),
+        )
+
+    def pending_rewinds(self) -> list[tuple[int, str, int, str]]:
+        """(id, table, from checkpoint, reason) of the rewinds the next run must carry out, oldest first."""
+        rows = self._db.execute(
+            "SELECT id, target_table, from_checkpoint, reason FROM rewinds WHERE status = 'pending' ORDER BY id"
+        ).fetchall()
+        return [(int(r[0]), str(r[1]), int(r[2]), str(r[3])) for r in rows]
+
+    def finish_rewind(self, rewind_id: int, status: Literal["done", "refused"], note: str = "") -> None:
+        self._db.execute("UPDATE rewinds SET status = ?, note = ? WHERE id = ?", (status, note, rewind_id))
 
     def close(self) -> None:
         self._db.close()
