@@ -210,3 +210,29 @@ def test_reverting_a_mapping_re_reads_what_it_shaped_and_holds_it_for_review(tmp
     assert run(spec).held == PER_FILE  # the same change is not re-applied on its own after a revert
     assert cli(["proposals", "approve", pending[0].id, "--spec", str(spec), "--replay"]) == 0
     assert len(landed(tmp_path)) == (OLD_FILES + 2) * PER_FILE
+
+
+def test_updates_of_landed_orders_link_by_key_for_row_by_row_evidence(tmp_path: Path) -> None:
+    """New-shape records re-sending orders already landed are linked to them by the contract's key:
+    each mapping's evidence then has a row-by-row match, and the change is held or applied on it."""
+    expected = write_orders(tmp_path / "in", range(OLD_FILES), new_shape=False)
+    spec = write_spec(tmp_path, auto_apply=0.999)
+    contract = json.loads(spec.read_text())
+    contract["tables"]["orders"]["contract"]["keys"] = ["order_id"]
+    spec.write_text(json.dumps(contract))
+    run(spec)
+    # the producer re-sends the last file's orders in its new shape (same ids, same values)
+    resent = tmp_path / "in" / f"part-{OLD_FILES:02d}.ndjson"
+    rng = random.Random(7 * 1000 + OLD_FILES - 1)
+    lines = [json.dumps(order(i, rng, True)[0]) for i in range((OLD_FILES - 1) * PER_FILE, OLD_FILES * PER_FILE)]
+    resent.write_text("\n".join(lines) + "\n")
+
+    summary = run(spec)
+
+    assert summary.reconciled and summary.held == PER_FILE
+    proposal = registry(tmp_path).proposals(dataset="orders")[0]
+    evidence = {m["target"]: m["evidence"] for m in proposal.body["matches"]}
+    assert evidence["customer_id"]["row_match"] == 1.0
+    assert evidence["amount"]["row_match"] == 1.0
+    assert evidence["shipping__city"]["row_match"] == 1.0
+    assert len(landed(tmp_path)) == len(expected)

@@ -26,7 +26,8 @@ from lakegate.core.batch import SourceBatch
 from lakegate.core.deadletter import DeadLetters, Reason
 from lakegate.core.errors import TerminalError
 from lakegate.normalize.stage import NormalizedBatch
-from lakegate.schema.stage import Proposal, SchemaOutcome, SchemaStage
+from lakegate.schema.stage import KeyLookup, Proposal, SchemaOutcome, SchemaStage
+from lakegate.sinks.tables import TableManager
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +125,53 @@ def hold(result: NormalizedBatch, outcome: SchemaOutcome, batch: SourceBatch) ->
 
     moved = _dead_letter(result, batch, held, entry)
     return replace(moved, rows=rows)
+
+
+def stored_rows_lookup(tables: TableManager, table: str) -> KeyLookup:
+    """A key lookup into ``table`` as landed, for the schema gate's row-by-row evidence.
+
+    Returns, per incoming key, the newest stored row with that key (by ``_lg_checkpoint``), or nulls.
+    """
+
+    def lookup(keys: pa.Table, fields: list[str]) -> pa.Table | None:
+        iceberg = tables.get(table)
+        if iceberg is None or keys.num_rows == 0:
+            return None
+        stored_fields = {f.name for f in iceberg.schema().fields}
+        wanted = [f for f in fields if f in stored_fields]
+        if not wanted or not all(k in stored_fields for k in keys.column_names):
+            return None
+        first = keys.column_names[0]
+        values = pc.unique(keys.column(first).drop_null()).to_pylist()[:MAX_LOOKUP_KEYS]
+        if not values:
+            return None
+        literals = ", ".join(_literal(v) for v in values)
+        stored = iceberg.scan(
+            row_filter=f"{first} IN ({literals})",
+            selected_fields=(*keys.column_names, *wanted, "_lg_checkpoint"),
+        ).to_arrow()
+        if stored.num_rows == 0:
+            return None
+        newest = stored.sort_by([("_lg_checkpoint", "descending")])
+        newest = newest.group_by(keys.column_names, use_threads=False).aggregate([(f, "first") for f in wanted])
+        newest = newest.rename_columns([c.removesuffix("_first") for c in newest.column_names])
+        indexed = keys.append_column("_lg_row", pa.array(range(keys.num_rows), pa.int64()))
+        try:
+            joined = indexed.join(newest, keys=keys.column_names, join_type="left outer")
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):  # key types differ: no link
+            return None
+        return joined.sort_by("_lg_row").select(wanted)
+
+    return lookup
+
+
+def _literal(value: Any) -> str:
+    if isinstance(value, bool | int | float):
+        return str(value)
+    return "'" + str(value).replace("'", "''") + "'"
+
+
+MAX_LOOKUP_KEYS = 1000
 
 
 class Governance:

@@ -17,7 +17,7 @@ from lakegate.normalize.stage import NormalizedBatch, Normalizer
 from lakegate.runtime.cdc import STATE_KEY as CDC_STATE_KEY
 from lakegate.runtime.cdc import CdcRuntime, Compactor
 from lakegate.runtime.checkpoint import Counts, OpenCheckpoint, finish_pending, run_protocol
-from lakegate.runtime.governance import Governance, quarantine
+from lakegate.runtime.governance import Governance, quarantine, stored_rows_lookup
 from lakegate.runtime.state import CheckpointRecord, StateStore
 from lakegate.schema.llm_proposer import LLMProposer
 from lakegate.schema.stage import SchemaPolicy, SchemaStage
@@ -144,6 +144,9 @@ class Pipeline:
             for table in sorted(set(self._source_tables.values()))
         }
         self.governance = self._governance(spec)
+        if self.governance is not None:
+            for name, schema_stage in self.governance.schema_stages.items():
+                schema_stage.lookup = stored_rows_lookup(self.tables, name)
         self.cdc = self._cdc(spec)
         self.known_tables: list[str] = []
         self._pending_state: dict[str, str] = {}

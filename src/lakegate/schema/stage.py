@@ -19,6 +19,7 @@ proposals and drift, and the runtime records them.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +36,12 @@ from lakegate.schema.matching import MatchConfig, MatchResult, match_fields
 from lakegate.schema.profiles import FieldProfile, profile_distance
 
 SYSTEM_PREFIX = "_lg_"
+LINK_SAMPLE_ROWS = 1000
+"""Incoming rows of a change that are looked up by key (enough for row-by-row evidence)."""
+
+KeyLookup = Callable[[pa.Table, list[str]], pa.Table | None]
+"""(the incoming rows' key columns, the fields wanted) -> the stored rows with those keys, aligned row by
+row with the input (nulls where no stored row has the key)."""
 STATE_VERSION = 1
 
 
@@ -124,9 +131,12 @@ class SchemaStage:
         policy: SchemaPolicy | None = None,
         match_config: MatchConfig | None = None,
         advisor: LLMProposer | None = None,
+        lookup: KeyLookup | None = None,
     ) -> None:
         self.dataset = dataset
         self.advisor = advisor
+        self.lookup = lookup
+        """Fetches stored rows by key, so incoming rows that update known ones can be linked."""
         """Optional model asked about held changes, in the background; its answers are validated like ours."""
         self.fallbacks: list[dict[str, Any]] = []
         """Requests the model could not answer (breaker open, rate limit, timeout), for the audit log;
@@ -195,7 +205,11 @@ class SchemaStage:
     ) -> Proposal:
         """Match the unmatched fields, validate every program on the batch, and judge the policy."""
         profiles = {name: FieldProfile.from_contract(contract, name) for name in missing}
-        result: MatchResult = match_fields(rows, profiles, incoming_fields=incoming, config=self.match_config)
+        rows = rows.slice(0, LINK_SAMPLE_ROWS) if self.lookup is not None else rows
+        linked = self._linked(rows, contract, missing)
+        result: MatchResult = match_fields(
+            rows, profiles, incoming_fields=incoming, linked_rows=linked, config=self.match_config
+        )
         mappings: list[FieldMapping] = []
         reasons: list[str] = []
         validation: dict[str, Any] = {}
@@ -233,6 +247,20 @@ class SchemaStage:
                 "rows_seen": rows.num_rows,
             },
         )
+
+    def _linked(self, rows: pa.Table, contract: Contract, missing: list[str]) -> pa.Table | None:
+        """The stored rows these incoming rows refer to, by the contract's key (an update of an order
+        already landed): the strongest value evidence, row by row. ``None`` when nothing links."""
+        keys = list(contract.schema_.keys)
+        if self.lookup is None or not keys or not all(k in rows.column_names for k in keys):
+            return None
+        linked = self.lookup(rows.select(keys), missing)
+        if linked is None or linked.num_rows != rows.num_rows:
+            return None
+        present = [c for c in missing if c in linked.column_names]
+        if not present or all(linked.column(c).null_count == linked.num_rows for c in present):
+            return None
+        return linked
 
     # -- the optional model ------------------------------------------------------------------------
 
