@@ -116,14 +116,8 @@ def approve(
     current = registry.active(proposal.dataset)
     if current is None:
         raise ConfigError(f"{proposal.dataset} has no active contract to apply proposal {proposal.id} to")
-    mapped = current.model_copy(
-        update={
-            "version": 0,
-            "mappings": [*current.mappings, *proposal.body.get("mappings", [])],
-            "provenance": current.provenance.model_copy(
-                update={"parent_version": current.version, "reason": f"mapping {proposal.id} approved by {actor}"}
-            ),
-        }
+    mapped = current.with_mappings(
+        [*current.mappings, *proposal.body.get("mappings", [])], f"mapping {proposal.id} approved by {actor}"
     )
     stored = registry.register(mapped, actor=actor)
     registry.activate(proposal.dataset, stored.version, actor=actor, reason=f"proposal {proposal.id} approved")
@@ -197,14 +191,8 @@ def revert(registry: ContractRegistry, proposal_id: str, actor: str) -> tuple[Pr
     if current is None:
         raise ConfigError(f"{proposal.dataset} has no active contract")
     theirs = proposal.body.get("mappings", [])
-    restored = current.model_copy(
-        update={
-            "version": 0,
-            "mappings": [m for m in current.mappings if m not in theirs],
-            "provenance": current.provenance.model_copy(
-                update={"parent_version": current.version, "reason": f"mapping {proposal.id} reverted by {actor}"}
-            ),
-        }
+    restored = current.with_mappings(
+        [m for m in current.mappings if m not in theirs], f"mapping {proposal.id} reverted by {actor}"
     )
     stored = registry.register(restored, actor=actor)
     registry.activate(proposal.dataset, stored.version, actor=actor, reason=f"proposal {proposal.id} reverted")

@@ -212,6 +212,16 @@ class Contract(_Frozen):
             return "off" if rule.action == "off" else "alert"
         return rule.action
 
+    def with_mappings(self, mappings: list[dict[str, Any]], reason: str) -> Contract:
+        """The next version's body: these input mappings instead of the current ones (0 until stored)."""
+        return self.model_copy(
+            update={
+                "version": 0,
+                "mappings": mappings,
+                "provenance": self.provenance.model_copy(update={"parent_version": self.version, "reason": reason}),
+            }
+        )
+
     def fingerprint(self) -> str:
         """A hash of the content (not the version number), to tell whether two versions differ."""
         body = self.model_dump(mode="json", by_alias=True, exclude={"version", "provenance", "metadata"})

@@ -281,14 +281,9 @@ class Governance:
         assert current is not None
         version: int | None = None
         if proposal.auto:
-            mapped = current.model_copy(
-                update={
-                    "version": 0,
-                    "mappings": [*current.mappings, *(m.model_dump(mode="json") for m in proposal.mappings)],
-                    "provenance": current.provenance.model_copy(
-                        update={"parent_version": current.version, "reason": f"mapping {proposal.id} applied"}
-                    ),
-                }
+            mapped = current.with_mappings(
+                [*current.mappings, *(m.model_dump(mode="json") for m in proposal.mappings)],
+                f"mapping {proposal.id} applied",
             )
             stored = self.registry.register(mapped)
             self.registry.activate(table, stored.version, actor="lakegate", reason=f"mapping {proposal.id} applied")
