@@ -75,6 +75,8 @@ from lakegate.sources.postgres.types import ColumnType, column_type, convert_col
 
 log = logging.getLogger(__name__)
 
+CATCH_UP_S = 15.0
+"""Longest a freshly started stream may take to reach the WAL end of its start before it counts as idle."""
 UNCHANGED_COLUMN = "_lg_unchanged"
 """Columns of an update whose value the server did not send (unchanged TOAST): keep the stored value."""
 DECODE_STAGE = "decode"
@@ -242,6 +244,8 @@ class PostgresSource:
         """Each table's shape as of the last batch returned (goes into positions)."""
         self._changed: dict[str, SchemaChange] = {}
         self._safe_lsn = 0
+        self._catch_up_lsn = 0
+        self._catch_up_deadline = 0.0
         self._emitted: dict[str, tuple[int, int]] = {}
         self._skip: dict[str, tuple[int, int]] = {}
         self._acknowledged = 0
@@ -383,6 +387,28 @@ class PostgresSource:
         self._cursor = repl.start_stream(self._replication_conn, self.slot, self.spec.publication, start)
         self._phase = "stream"
         self._position = self._stream_position()
+        # "Idle" must not mean "the walsender has not started sending yet": until the stream has
+        # reached the WAL end of this moment (or CATCH_UP_S passed), an empty read is not the end.
+        self._catch_up_lsn = self._current_wal_lsn()
+        self._catch_up_deadline = time.monotonic() + CATCH_UP_S
+
+    def _current_wal_lsn(self) -> int:
+        if self._conn is None:
+            return 0
+        with self._conn.cursor() as cursor:
+            cursor.execute("SELECT pg_current_wal_lsn()")
+            row = cursor.fetchone()
+        return lsn_from_str(row[0]) if row and row[0] else 0
+
+    def _caught_up(self) -> bool:
+        """Whether the stream has delivered everything committed when streaming began."""
+        if not self._catch_up_lsn:
+            return True
+        received = max(self._safe_lsn, int(getattr(self._cursor, "wal_end", 0) or 0))
+        if received >= self._catch_up_lsn or time.monotonic() >= self._catch_up_deadline:
+            self._catch_up_lsn = 0
+            return True
+        return False
 
     # -- snapshot ----------------------------------------------------------------------------------
 
@@ -482,11 +508,11 @@ class PostgresSource:
             message = read()
             if message is None:
                 if rows or completed_end is not None:
-                    self._drained = True
+                    self._drained = self._caught_up()
                     break
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    self._drained = True
+                    self._drained = self._caught_up()
                     break
                 select.select([cursor], [], [], min(remaining, 0.05))
                 continue
