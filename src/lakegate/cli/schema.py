@@ -103,6 +103,18 @@ def cmd_proposals_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _switch_mappings(
+    registry: ContractRegistry, proposal: ProposalRecord, mappings: list[dict[str, Any]], actor: str, verb: str
+) -> int:
+    """Register and activate the active contract with ``mappings`` instead; returns the new version."""
+    current = registry.active(proposal.dataset)
+    if current is None:
+        raise ConfigError(f"{proposal.dataset} has no active contract to change for proposal {proposal.id}")
+    stored = registry.register(current.with_mappings(mappings, f"mapping {proposal.id} {verb} by {actor}"), actor=actor)
+    registry.activate(proposal.dataset, stored.version, actor=actor, reason=f"proposal {proposal.id} {verb}")
+    return stored.version
+
+
 def approve(
     registry: ContractRegistry, proposal_id: str, actor: str, applied_checkpoint: int | None = None
 ) -> tuple[ProposalRecord, int]:
@@ -113,30 +125,25 @@ def approve(
     proposal = registry.proposal(proposal_id)
     if proposal.status != "pending":
         raise ConfigError(f"proposal {proposal.id} is {proposal.status}; only a pending one can be approved")
-    current = registry.active(proposal.dataset)
-    if current is None:
-        raise ConfigError(f"{proposal.dataset} has no active contract to apply proposal {proposal.id} to")
-    mapped = current.with_mappings(
-        [*current.mappings, *proposal.body.get("mappings", [])], f"mapping {proposal.id} approved by {actor}"
-    )
-    stored = registry.register(mapped, actor=actor)
-    registry.activate(proposal.dataset, stored.version, actor=actor, reason=f"proposal {proposal.id} approved")
+    active = registry.active(proposal.dataset)
+    carried = active.mappings if active else []
+    version = _switch_mappings(registry, proposal, [*carried, *proposal.body.get("mappings", [])], actor, "approved")
     updated = registry.set_proposal_status(
-        proposal.id, "applied", actor=actor, contract_version=stored.version, applied_checkpoint=applied_checkpoint
+        proposal.id, "applied", actor=actor, contract_version=version, applied_checkpoint=applied_checkpoint
     )
     registry.record_decision(
         Decision(
             dataset=proposal.dataset,
             kind="schema.mapping_approved",
             summary=f"{proposal.dataset}: {actor} approved {'; '.join(proposal.body.get('described', []))}"
-            f" as contract v{stored.version}",
+            f" as contract v{version}",
             evidence={"proposal": proposal.id, "confidence": proposal.confidence},
             actor=actor,
             reversal={"command": f"lakegate proposals revert {proposal.id}"},
-            contract_version=stored.version,
+            contract_version=version,
         )
     )
-    return updated, stored.version
+    return updated, version
 
 
 def _next_checkpoint(spec_path: str | None) -> int | None:
@@ -187,29 +194,24 @@ def revert(registry: ContractRegistry, proposal_id: str, actor: str) -> tuple[Pr
     proposal = registry.proposal(proposal_id)
     if proposal.status != "applied":
         raise ConfigError(f"proposal {proposal.id} is {proposal.status}; only an applied one can be reverted")
-    current = registry.active(proposal.dataset)
-    if current is None:
-        raise ConfigError(f"{proposal.dataset} has no active contract")
+    active = registry.active(proposal.dataset)
     theirs = proposal.body.get("mappings", [])
-    restored = current.with_mappings(
-        [m for m in current.mappings if m not in theirs], f"mapping {proposal.id} reverted by {actor}"
-    )
-    stored = registry.register(restored, actor=actor)
-    registry.activate(proposal.dataset, stored.version, actor=actor, reason=f"proposal {proposal.id} reverted")
-    updated = registry.set_proposal_status(proposal.id, "reverted", actor=actor, contract_version=stored.version)
+    kept = [m for m in (active.mappings if active else []) if m not in theirs]
+    version = _switch_mappings(registry, proposal, kept, actor, "reverted")
+    updated = registry.set_proposal_status(proposal.id, "reverted", actor=actor, contract_version=version)
     registry.record_decision(
         Decision(
             dataset=proposal.dataset,
             kind="schema.mapping_reverted",
             summary=f"{proposal.dataset}: {actor} reverted {'; '.join(proposal.body.get('described', []))};"
-            f" contract v{stored.version} has it no more, and rows of that shape are held for review again",
+            f" contract v{version} has it no more, and rows of that shape are held for review again",
             evidence={"proposal": proposal.id, "applied_in": proposal.contract_version},
             actor=actor,
             reversal={"command": f"lakegate contract activate {proposal.dataset} {proposal.contract_version}"},
-            contract_version=stored.version,
+            contract_version=version,
         )
     )
-    return updated, stored.version
+    return updated, version
 
 
 def cmd_proposals_revert(args: argparse.Namespace) -> int:

@@ -152,3 +152,13 @@ def each_window(checker: WindowChecker, block: pa.Table, first_index: int, size:
     for offset in range(0, block.num_rows - size + 1, size):
         alerts.extend(checker.check(block.slice(offset, size), first_index + offset // size))
     return alerts
+
+
+def alerts_of_windows(
+    checker: WindowChecker, block: pa.Table, windows: np.ndarray, first_index: int, size: int
+) -> list[Alert]:
+    """Full alerts, from ``check``, for the windows (indices into ``block``) a vectorized screen chose."""
+    alerts: list[Alert] = []
+    for w in windows.tolist():
+        alerts.extend(checker.check(block.slice(w * size, size), first_index + w))
+    return alerts

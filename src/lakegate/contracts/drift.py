@@ -27,7 +27,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from lakegate.contracts.api import Alert
+from lakegate.contracts.api import Alert, alerts_of_windows
 from lakegate.contracts.model import Rule
 from lakegate.contracts.sketches import ColumnProfile, numbers
 
@@ -412,10 +412,7 @@ class DriftChecker:
         array = column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()  # same buffer: memo hits
         screened = window_values(self.metric, self.rule.params["baseline"], array, size)
         suspects = np.flatnonzero(np.nan_to_num(screened, nan=-np.inf) > self.threshold * SCREEN_MARGIN)
-        alerts: list[Alert] = []
-        for w in suspects.tolist():
-            alerts.extend(self.check(block.slice(w * size, size), first_index + w))
-        return alerts
+        return alerts_of_windows(self, block, suspects, first_index, size)
 
     def to_state(self) -> dict[str, Any]:
         return {}
@@ -479,10 +476,7 @@ class NullRateChecker:
         else:
             nulls = np.full(windows, size)
         suspects = np.flatnonzero(nulls > null_threshold(self.rule.params, size))
-        alerts: list[Alert] = []
-        for w in suspects.tolist():
-            alerts.extend(self.check(block.slice(w * size, size), first_index + w))
-        return alerts
+        return alerts_of_windows(self, block, suspects, first_index, size)
 
     def to_state(self) -> dict[str, Any]:
         return {}

@@ -43,7 +43,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from lakegate.contracts.api import Alert, LearnConfig, RowCheck, RowChecker, WindowChecker
+from lakegate.contracts.api import Alert, LearnConfig, RowCheck, RowChecker, WindowChecker, alerts_of_windows
 from lakegate.contracts.encodings import ENCODINGS
 from lakegate.contracts.model import DatasetSchema, Rule
 
@@ -1523,10 +1523,7 @@ class CorrelationChecker:
             sxx, syy, sxy = (dx * dx).sum(axis=1), (dy * dy).sum(axis=1), (dx * dy).sum(axis=1)
             r = np.where((sxx > 0) & (syy > 0), sxy / np.sqrt(sxx * syy), 0.0)
         suspects = np.flatnonzero((n >= self.min_rows) & (np.abs(r - self.baseline) > self.threshold * 0.999))
-        alerts: list[Alert] = []
-        for w in suspects.tolist():
-            alerts.extend(self.check(block.slice(w * size, size), first_index + w))
-        return alerts
+        return alerts_of_windows(self, block, suspects, first_index, size)
 
     def check(self, window: pa.Table, index: int) -> list[Alert]:
         x, y = floats(window.column(self.a)), floats(window.column(self.b))

@@ -42,7 +42,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from lakegate.contracts.api import Alert, LearnConfig, RowCheck, RowChecker, WindowChecker, each_window
+from lakegate.contracts.api import (
+    Alert,
+    LearnConfig,
+    RowCheck,
+    RowChecker,
+    WindowChecker,
+    alerts_of_windows,
+    each_window,
+)
 from lakegate.contracts.hashing import row_hashes
 from lakegate.contracts.model import DatasetSchema, Rule
 
@@ -979,10 +987,7 @@ class FreshnessChecker:
         newest_event = window_micros(block.column(EVENT_TIME), windows, size).max(axis=1)
         newest_arrival = window_micros(block.column(ARRIVAL_TIME), windows, size).max(axis=1)
         suspects = np.flatnonzero((newest_arrival - newest_event) / US > self.threshold_s * 0.999)
-        alerts: list[Alert] = []
-        for w in suspects.tolist():
-            alerts.extend(self.check(block.slice(w * size, size), first_index + w))
-        return alerts
+        return alerts_of_windows(self, block, suspects, first_index, size)
 
     def check(self, window: pa.Table, index: int) -> list[Alert]:
         times = event_micros(window)
