@@ -282,7 +282,9 @@ def child_lakegate(workdir: Path, repeat: int) -> dict[str, Any]:
     from lakegate.contracts.api import LearnConfig
     from lakegate.contracts.enforce import ContractEnforcer
     from lakegate.contracts.model import FAMILY_OF_KIND, Contract
+    from lakegate.core.memory import keep_freed_memory
 
+    keep_freed_memory()  # what every `lakegate` command does first (core/memory.py)
     table = pq.read_table(workdir / "data.parquet").combine_chunks()
     contract = Contract.from_json((workdir / "contract.json").read_bytes())
     config = LearnConfig()

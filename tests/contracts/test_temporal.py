@@ -17,7 +17,11 @@ from lakegate.contracts.temporal import (
     DuplicateChecker,
     KeyWindow,
     TemporalLearner,
+    grouped_order,
     row_hashes,
+    volume_ratios,
+    volume_windows,
+    window_profile,
 )
 from tests.contracts.flights import flights_by_event_time
 
@@ -329,3 +333,66 @@ def test_a_key_hashes_the_same_whatever_else_is_in_its_batch() -> None:
     alone = row_hashes(pa.table({"k": ["abc"]}), ["k"])
     beside_long = row_hashes(pa.table({"k": ["abc", "a much longer key than eight bytes"]}), ["k"])
     assert alone[0] == beside_long[0]
+
+
+@pytest.mark.parametrize("spread", [2**64 - 1, 2**30, 50])
+def test_grouped_order_sorts_by_hash_then_row(spread: int) -> None:
+    """Packing row numbers into the hashes' low bits must not change the order, also when many hashes
+    share their top bits (small spreads force that) or have the top bit set."""
+    rng = np.random.default_rng(spread % 1000)
+    hashes = rng.integers(0, spread, 20_000, dtype=np.uint64, endpoint=True)
+    if spread < 2**63:
+        hashes[::3] += np.uint64(2**63)  # top bit set: negative as signed integers
+    expected = np.lexsort((np.arange(len(hashes)), hashes))
+    assert grouped_order(hashes).tolist() == expected.tolist()
+
+
+def test_key_window_matches_a_row_by_row_reference() -> None:
+    """Duplicates within and across batches, exactly as a dictionary of last-seen times says."""
+    rng = np.random.default_rng(7)
+    keys = KeyWindow(window_s=100, retention_s=10_000, keep_rows=10**6)
+    last_seen: dict[int, int] = {}
+    for batch in range(4):
+        hashes = rng.integers(0, 3000, 5000, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+        times = (batch * 50 + rng.integers(0, 400, 5000)) * 1_000_000
+        got = keys.check(hashes, times)
+        expected = []
+        first_here: dict[int, int] = {}
+        before = dict(last_seen)  # every row is judged against the keys known before its batch
+        for h, t in zip(hashes.tolist(), times.tolist(), strict=True):
+            seen = before.get(h)
+            close = seen is not None and abs(t - seen) <= 100_000_000
+            if h in first_here:  # repeated within the batch: also against its first occurrence here
+                expected.append(close or abs(t - first_here[h]) <= 100_000_000)
+                continue
+            expected.append(close)
+            first_here[h] = t
+            if not close:
+                last_seen[h] = t
+        assert got.tolist() == expected, f"batch {batch}"
+
+
+@pytest.mark.parametrize("weekly", [True, False])
+def test_volume_screen_gives_the_window_by_window_ratios(weekly: bool) -> None:
+    """The vectorized volume screen equals window_profile + volume_ratios per window, also for
+    event times on block edges and windows too narrow to profile."""
+    rng = np.random.default_rng(3)
+    rate = hourly_profile() if weekly else hourly_profile()[:24]
+    windows, size = 40, 500
+    start = int((START - datetime(1970, 1, 1, tzinfo=UTC)).total_seconds()) * 1_000_000
+    grid = start + np.cumsum(rng.integers(0, 20_000_000, (windows, size)), axis=1)
+    grid[3] = grid[3, 0]  # one instant: no span to profile
+    grid[5] = start + (np.arange(size) % 9) * HOUR_US  # event times exactly on block edges
+    grid[7, : size // 2] -= 2 * HOUR_US  # a late half
+    ratio, block_ratio = volume_windows(grid, rate, weekly)
+    for w in range(windows):
+        profile = window_profile(np.ascontiguousarray(grid[w]))
+        if profile is None:
+            assert np.isnan(ratio[w]), w
+            continue
+        expected_ratio, expected_block, _, _ = volume_ratios(profile, rate, weekly)
+        assert ratio[w] == pytest.approx(expected_ratio, rel=1e-9), w
+        if np.isnan(expected_block):
+            assert np.isnan(block_ratio[w]), w
+        else:
+            assert block_ratio[w] == pytest.approx(expected_block, rel=1e-9), w

@@ -85,5 +85,5 @@ def test_many_windows_at_once_alert_exactly_like_one_window_at_a_time(learned: t
 
     assert key(alerts_at_once) == key(alerts_one_by_one)
     kinds = {a.kind for a in alerts_at_once}
-    assert {"lateness", "null_rate", "drift"} <= kinds, kinds
+    assert {"lateness", "null_rate", "drift", "volume"} <= kinds, kinds
     assert at_once.snapshot() == one_by_one.snapshot()  # the same state carried to the next batch

@@ -17,6 +17,7 @@ from lakegate.cli.render import render_table
 from lakegate.cli.schema import add_schema_commands
 from lakegate.core.config import DEFAULT_DATA_DIR, CatalogSpec, PipelineSpec, load_spec, parse_spec
 from lakegate.core.errors import LakegateError
+from lakegate.core.memory import keep_freed_memory
 
 
 def _catalog_of(spec_path: str | None) -> tuple[object, dict[str, str], PipelineSpec | None]:
@@ -285,6 +286,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
+    keep_freed_memory()  # a lakegate process reuses its big temporary arrays (see core/memory.py)
     try:
         return int(args.func(args))
     except LakegateError as err:

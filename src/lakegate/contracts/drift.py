@@ -233,13 +233,23 @@ def sorted_windows(column: pa.Array, size: int) -> tuple[np.ndarray, np.ndarray]
         return _SORTED["grid"], _SORTED["n"]
     windows = len(column) // size
     values, valid = numbers(column)
-    grid = np.asarray(values[: windows * size], dtype=np.float64).reshape(windows, size)
+    raw = values[: windows * size]
+    # float32 sorts twice as fast and holds integers up to 2**24 exactly (clock times, distances...)
+    narrow = np.float32 if _exact_in_float32(raw) else np.float64
+    grid = np.asarray(raw, dtype=narrow).reshape(windows, size)
     if valid is not None:
-        grid = np.where(valid[: windows * size].reshape(windows, size), grid, np.nan)
-    grid = np.sort(grid, axis=1)  # NaN (null) last
+        grid = np.where(valid[: windows * size].reshape(windows, size), grid, narrow(np.nan))
+    grid = np.sort(grid, axis=1).astype(np.float64, copy=False)  # NaN (null) last
     n = np.sum(~np.isnan(grid), axis=1)
     _SORTED.update(key=key, column=column, grid=grid, n=n)
     return grid, n
+
+
+def _exact_in_float32(values: np.ndarray) -> bool:
+    """Whether every value survives a round trip through float32 (integers within 2**24)."""
+    if not len(values) or values.dtype.kind not in "iu":
+        return False
+    return bool(-(2**24) <= values.min() and values.max() <= 2**24)
 
 
 def _window_histogram(

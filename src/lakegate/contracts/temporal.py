@@ -49,7 +49,6 @@ from lakegate.contracts.api import (
     RowChecker,
     WindowChecker,
     alerts_of_windows,
-    each_window,
 )
 from lakegate.contracts.hashing import row_hashes
 from lakegate.contracts.model import DatasetSchema, Rule
@@ -172,6 +171,39 @@ def _iso(micros: float) -> str:
 # Duplicate state
 
 
+def grouped_order(hashes: np.ndarray) -> np.ndarray:
+    """The permutation that sorts uint64 ``hashes`` ascending, equal hashes by row: each key's rows
+    together, its first occurrence first.
+
+    Sorting values is twice as fast as numpy's argsort, so each row's index is packed into the low bits
+    of its hash (the top bits kept) and the packed words sorted as signed integers (numpy's SIMD path),
+    then rotated into unsigned order. Different hashes whose top bits agree (a handful in millions)
+    can interleave; those runs are re-sorted on the full hash.
+    """
+    n = len(hashes)
+    bits = max(1, (n - 1).bit_length())
+    if bits > 40:
+        return np.asarray(np.lexsort((np.arange(n), hashes)))
+    shift = np.uint64(bits)
+    packed = (hashes >> shift) << shift
+    packed |= np.arange(n, dtype=np.uint64)
+    signed = np.sort(packed.view(np.int64))
+    negative = int(np.searchsorted(signed, 0))
+    if negative:
+        signed = np.concatenate([signed[negative:], signed[:negative]])
+    packed = signed.view(np.uint64)
+    order = (packed & np.uint64((1 << bits) - 1)).view(np.int64)
+    prefix = packed >> shift
+    same_prefix = prefix[1:] == prefix[:-1]
+    ordered = hashes[order]
+    clash = np.flatnonzero(same_prefix & (ordered[1:] != ordered[:-1]))
+    if len(clash):
+        runs = np.isin(prefix, np.unique(prefix[clash]))
+        at = np.flatnonzero(runs)
+        order[at] = order[at][np.lexsort((order[at], ordered[at]))]
+    return np.asarray(order)
+
+
 class KeyWindow:
     """Keys seen recently (hash, event time), bounded by retention, row count and ``MAX_KEYS``.
 
@@ -197,41 +229,51 @@ class KeyWindow:
             return np.zeros(0, dtype=bool)
         if times is None:
             times = np.zeros(n, dtype=np.int64)
-        # Group equal keys by sorting (a hash table over millions of distinct 64-bit keys is slower);
-        # each group's first occurrence is its smallest row index.
-        order = np.argsort(hashes)
+        # One sort groups equal keys (a hash table over millions of distinct 64-bit keys is slower),
+        # and everything after works in that order: lookups in the sorted state become a merge.
+        order = grouped_order(hashes)
         ordered = hashes[order]
-        starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
-        first_row = np.minimum.reduceat(order, starts)
-        group = np.empty(n, dtype=np.int64)
-        group[order] = np.repeat(np.arange(len(starts)), np.diff(np.r_[starts, n]))
-        first = np.zeros(n, dtype=bool)
-        first[first_row] = True
-        duplicate = ~first & (np.abs(times - times[first_row][group]) <= self.window_us)
+        sorted_times = times[order]
+        head = np.empty(n, dtype=bool)
+        head[0] = True
+        np.not_equal(ordered[1:], ordered[:-1], out=head[1:])
+        if head.all():  # every key once in this batch: nothing repeats within it
+            first = head
+            duplicate = np.zeros(n, dtype=bool)
+        else:
+            starts = np.flatnonzero(head)
+            sizes = np.diff(np.r_[starts, n])
+            first = head  # a key's rows are in row order: its first occurrence heads its group
+            first_time = np.repeat(sorted_times[starts], sizes)
+            duplicate = ~first & (np.abs(sorted_times - first_time) <= self.window_us)
         found = np.zeros(n, dtype=bool)
         if len(self.hashes):
-            at = np.minimum(np.searchsorted(self.hashes, hashes), len(self.hashes) - 1)
-            found = self.hashes[at] == hashes
-            close = found & (np.abs(times - self.times[at]) <= self.window_us)
+            at = np.minimum(np.searchsorted(self.hashes, ordered), len(self.hashes) - 1)
+            found = self.hashes[at] == ordered
+            close = found & (np.abs(sorted_times - self.times[at]) <= self.window_us)
             duplicate |= close
             refresh = found & ~close & first  # the same key again, long after: a new event
-            self.times[at[refresh]] = times[refresh]
-            self.seq[at[refresh]] = self.next_seq + np.flatnonzero(refresh)
+            self.times[at[refresh]] = sorted_times[refresh]
+            self.seq[at[refresh]] = self.next_seq + order[refresh]
         newest = int(times.max())
         self.watermark = newest if self.watermark is None else max(self.watermark, newest)
-        fresh = np.flatnonzero(first & ~found)
+        fresh = np.flatnonzero(first & ~found)  # positions in sorted order: already in hash order
         if len(fresh) > self.keep_rows:  # only what the eviction below would keep
-            recent = (times[fresh] >= self.watermark - self.retention_us) | (fresh >= n - self.keep_rows)
-            fresh = fresh[recent]
-        order = np.argsort(hashes[fresh], kind="stable")
-        new_hashes, rows = hashes[fresh][order], fresh[order]
-        slots = np.searchsorted(self.hashes, new_hashes)
-        self.hashes = np.insert(self.hashes, slots, new_hashes)
-        self.times = np.insert(self.times, slots, times[rows])
-        self.seq = np.insert(self.seq, slots, self.next_seq + rows)
+            rows = order[fresh]
+            fresh = fresh[(sorted_times[fresh] >= self.watermark - self.retention_us) | (rows >= n - self.keep_rows)]
+        new_hashes, rows = ordered[fresh], order[fresh]
+        if len(self.hashes):
+            slots = np.searchsorted(self.hashes, new_hashes)
+            self.hashes = np.insert(self.hashes, slots, new_hashes)
+            self.times = np.insert(self.times, slots, sorted_times[fresh])
+            self.seq = np.insert(self.seq, slots, self.next_seq + rows)
+        else:
+            self.hashes, self.times, self.seq = new_hashes, sorted_times[fresh], self.next_seq + rows
         self.next_seq += n
         self._evict()
-        return np.asarray(duplicate)
+        out = np.empty(n, dtype=bool)
+        out[order] = duplicate
+        return out
 
     def _evict(self) -> None:
         if len(self.hashes) <= self.keep_rows or self.watermark is None:
@@ -316,6 +358,57 @@ def volume_ratios(profile: dict[str, Any], rate: np.ndarray, weekly: bool) -> tu
     block_ratios = np.where(usable, counts / np.where(usable, expected, 1.0), np.inf)
     block = int(np.argmin(block_ratios))
     return ratio, float(block_ratios[block]), block, total
+
+
+SCREEN_MARGIN = 0.01
+"""Windows whose screened volume ratio is within this share of a bound are checked exactly."""
+
+
+def cumulative_rows(rate: np.ndarray, weekly: bool, micros: np.ndarray) -> np.ndarray:
+    """Rows the seasonal baseline expects from the epoch to each instant (differences give
+    :func:`expected_rows` without a loop over hours)."""
+    period = 168 if weekly else 24
+    shift = 72 if weekly else 0  # hour 0 of the epoch is Thursday 00:00, slot 72 of the week
+    per_slot = np.asarray(rate, dtype=np.float64)[:period]
+    before = np.concatenate([[0.0], np.cumsum(per_slot)])
+    hours = np.floor_divide(micros, HOUR_US)
+    into = (micros - hours * HOUR_US) / HOUR_US
+    position = hours + shift
+    slot = np.mod(position, period)
+    return np.asarray(np.floor_divide(position, period) * before[-1] + before[slot] + per_slot[slot] * into)
+
+
+def volume_windows(grid: np.ndarray, rate: np.ndarray, weekly: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(observed/expected over the core span, lowest usable block ratio) of every window (a row of
+    ``grid``, event times in microseconds) at once; NaN where :func:`window_profile` gives no profile
+    or the span is too long to price. Screening numbers: a window near a bound is re-checked exactly.
+    """
+    windows, n = grid.shape
+    k_low, k_high = int(CORE[0] * (n - 1)), int(CORE[1] * (n - 1))
+    parted = np.partition(grid, [k_low, k_high], axis=1)
+    low, high = parted[:, k_low], parted[:, k_high]
+    profiled = high > low
+    edges = np.linspace(low.astype(np.float64), high.astype(np.float64), BLOCKS + 1, axis=1)
+    step = np.where(profiled, (high - low) / BLOCKS, 1.0)
+    inside = (grid >= low[:, None]) & (grid <= high[:, None])
+    guess = np.clip(np.floor((grid - low[:, None]) / step[:, None]), 0, BLOCKS - 1).astype(np.int64)
+    rows = np.arange(windows)[:, None]
+    guess -= grid < edges[rows, guess]  # float rounding at a block's edge: the edges decide
+    guess = np.clip(guess, 0, BLOCKS - 1)
+    guess += (guess < BLOCKS - 1) & (grid >= edges[rows, np.minimum(guess + 1, BLOCKS)])
+    flat = (rows * BLOCKS + guess)[inside]
+    counts = np.bincount(flat, minlength=windows * BLOCKS).reshape(windows, BLOCKS).astype(np.float64)
+    at_edges = cumulative_rows(rate, weekly, edges.astype(np.int64))
+    expected = np.diff(np.where(np.isfinite(edges), at_edges, np.nan), axis=1)
+    expected = np.maximum(expected, 0.0)
+    total = expected.sum(axis=1)
+    too_long = (high - low) // HOUR_US > 24 * 400
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ratio = np.where(profiled & ~too_long & (total > 0), counts.sum(axis=1) / total, np.nan)
+        usable = expected >= MIN_BLOCK_EXPECTED
+        block = np.where(usable, counts / np.where(usable, expected, 1.0), np.inf).min(axis=1)
+    block_ratio = np.where(np.isfinite(ratio) & usable.any(axis=1), block, np.nan)
+    return ratio, block_ratio
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -893,7 +986,22 @@ class VolumeChecker:
         self.block_low = float(params.get("block_low", 0.0))
 
     def check_windows(self, block: pa.Table, first_index: int, size: int) -> list[Alert]:
-        return each_window(self, block, first_index, size)
+        """Every window's volume ratios at once; alerts built (by :meth:`check`) for the windows near or
+        past a bound."""
+        windows = block.num_rows // size
+        if EVENT_TIME not in block.column_names or windows == 0 or size < 2 * BLOCKS:
+            return []
+        grid = window_micros(block.column(EVENT_TIME), windows, size)
+        ratio, block_ratio = volume_windows(grid, self.rate, self.weekly)
+        margin = SCREEN_MARGIN
+        with np.errstate(invalid="ignore"):
+            suspects = np.flatnonzero(
+                ~np.isfinite(ratio)  # a span the screen cannot price: the exact check decides
+                | (ratio < self.low * (1 + margin))
+                | (ratio > self.high * (1 - margin))
+                | (block_ratio < self.block_low * (1 + margin))
+            )
+        return alerts_of_windows(self, block, suspects, first_index, size)
 
     def check(self, window: pa.Table, index: int) -> list[Alert]:
         times = event_micros(window)
