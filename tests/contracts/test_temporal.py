@@ -344,7 +344,9 @@ def test_grouped_order_sorts_by_hash_then_row(spread: int) -> None:
     if spread < 2**63:
         hashes[::3] += np.uint64(2**63)  # top bit set: negative as signed integers
     expected = np.lexsort((np.arange(len(hashes)), hashes))
-    assert grouped_order(hashes).tolist() == expected.tolist()
+    order, ordered = grouped_order(hashes)
+    assert order.tolist() == expected.tolist()
+    assert ordered.tolist() == hashes[expected].tolist()
 
 
 def test_key_window_matches_a_row_by_row_reference() -> None:

@@ -28,6 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from lakegate.contracts.api import Alert, alerts_of_windows
+from lakegate.contracts.encodings import ENCODINGS
 from lakegate.contracts.model import Rule
 from lakegate.contracts.sketches import ColumnProfile, numbers
 
@@ -222,6 +223,11 @@ _SORTED: dict[str, Any] = {}
 """The last column sorted per window: Jensen–Shannon and Wasserstein screen the same column in turn."""
 
 
+def forget_sorted_windows() -> None:
+    """Drop the memo (a batch is done)."""
+    _SORTED.clear()
+
+
 def sorted_windows(column: pa.Array, size: int) -> tuple[np.ndarray, np.ndarray]:
     """Each ``size``-row window's values sorted (a row per window, nulls as trailing NaN) and their count.
 
@@ -252,6 +258,10 @@ def _exact_in_float32(values: np.ndarray) -> bool:
     return bool(-(2**24) <= values.min() and values.max() <= 2**24)
 
 
+def _is_text(data_type: pa.DataType) -> bool:
+    return pa.types.is_string(data_type) or pa.types.is_large_string(data_type)
+
+
 def _window_histogram(
     bins: np.ndarray, width: int, valid: np.ndarray | None, windows: int, size: int
 ) -> np.ndarray:
@@ -272,8 +282,17 @@ def _psi_windows(
     except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError):
         value_set = pa.array([str(v) for v in known])
         column = pc.cast(column, pa.string())
-    codes = pc.fill_null(pc.index_in(column, value_set=value_set), len(known))
-    bins = np.asarray(codes.to_numpy(zero_copy_only=False), dtype=np.int64)
+    if _is_text(column.type) and len(column) > len(known):
+        # each distinct string looked up once, through the batch's shared encoding of the column
+        dictionary, indices = ENCODINGS.get(pa.chunked_array([column]))
+        codes = pc.fill_null(pc.index_in(dictionary, value_set=value_set), len(known))
+        per_value = np.asarray(codes.to_numpy(zero_copy_only=False), dtype=np.int64)
+        bins = per_value[np.maximum(indices, 0)] if len(per_value) else np.zeros(len(indices), dtype=np.int64)
+        if valid is None and column.null_count:
+            valid = indices >= 0
+    else:
+        codes = pc.fill_null(pc.index_in(column, value_set=value_set), len(known))
+        bins = np.asarray(codes.to_numpy(zero_copy_only=False), dtype=np.int64)
     counts = _window_histogram(bins, len(known) + 1, valid, windows, size)
     totals = counts.sum(axis=1, keepdims=True)
     with np.errstate(invalid="ignore", divide="ignore"):

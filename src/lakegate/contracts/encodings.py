@@ -68,5 +68,11 @@ class Encodings:
         return dictionary, indices
 
 
+    def clear(self) -> None:
+        """Drop every cached encoding (a batch is done: its columns need not stay alive)."""
+        with self.lock:
+            self.entries.clear()
+
+
 ENCODINGS = Encodings()
 """The process-wide cache (checkers of one contract run on the same batch one after another)."""

@@ -16,6 +16,8 @@ import orjson
 import pyarrow as pa
 
 from lakegate.contracts.api import Alert, Family, LearnConfig, RowCheck, RowChecker, WindowChecker
+from lakegate.contracts.drift import forget_sorted_windows
+from lakegate.contracts.encodings import ENCODINGS
 from lakegate.contracts.families import default_families, family_of
 from lakegate.contracts.model import Contract, Rule
 
@@ -98,6 +100,13 @@ class ContractEnforcer:
 
     def check(self, rows: pa.Table) -> Verdict:
         """Row verdicts for this batch, plus alerts for every window it completes."""
+        try:
+            return self._check(rows)
+        finally:  # the batch's shared encodings and sorted windows served their rules; free them
+            ENCODINGS.clear()
+            forget_sorted_windows()
+
+    def _check(self, rows: pa.Table) -> Verdict:
         quarantined = np.zeros(rows.num_rows, dtype=bool)
         verdict = Verdict(quarantined=quarantined)
         for checker in self.row_checkers:

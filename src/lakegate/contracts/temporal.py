@@ -171,37 +171,38 @@ def _iso(micros: float) -> str:
 # Duplicate state
 
 
-def grouped_order(hashes: np.ndarray) -> np.ndarray:
-    """The permutation that sorts uint64 ``hashes`` ascending, equal hashes by row: each key's rows
-    together, its first occurrence first.
+_TOP_BIT = np.uint64(1 << 63)
+
+
+def grouped_order(hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The permutation that sorts uint64 ``hashes`` ascending, equal hashes by row (each key's rows
+    together, its first occurrence first), and the sorted hashes.
 
     Sorting values is twice as fast as numpy's argsort, so each row's index is packed into the low bits
-    of its hash (the top bits kept) and the packed words sorted as signed integers (numpy's SIMD path),
-    then rotated into unsigned order. Different hashes whose top bits agree (a handful in millions)
-    can interleave; those runs are re-sorted on the full hash.
+    of its hash (the top bits kept) and the packed words sorted as signed integers (numpy's SIMD path;
+    flipping the top bit makes signed order the unsigned one). Different hashes whose top bits agree (a
+    handful in millions) can come out of order; those runs are re-sorted on the full hash.
     """
     n = len(hashes)
     bits = max(1, (n - 1).bit_length())
     if bits > 40:
-        return np.asarray(np.lexsort((np.arange(n), hashes)))
+        order = np.lexsort((np.arange(n), hashes))
+        return order, hashes[order]
     shift = np.uint64(bits)
-    packed = (hashes >> shift) << shift
+    packed = hashes >> shift
+    packed <<= shift
     packed |= np.arange(n, dtype=np.uint64)
-    signed = np.sort(packed.view(np.int64))
-    negative = int(np.searchsorted(signed, 0))
-    if negative:
-        signed = np.concatenate([signed[negative:], signed[:negative]])
-    packed = signed.view(np.uint64)
+    packed ^= _TOP_BIT
+    packed = np.sort(packed.view(np.int64)).view(np.uint64)
     order = (packed & np.uint64((1 << bits) - 1)).view(np.int64)
-    prefix = packed >> shift
-    same_prefix = prefix[1:] == prefix[:-1]
     ordered = hashes[order]
-    clash = np.flatnonzero(same_prefix & (ordered[1:] != ordered[:-1]))
-    if len(clash):
-        runs = np.isin(prefix, np.unique(prefix[clash]))
-        at = np.flatnonzero(runs)
-        order[at] = order[at][np.lexsort((order[at], ordered[at]))]
-    return np.asarray(order)
+    if n > 1 and bool((ordered[1:] < ordered[:-1]).any()):
+        prefix = packed >> shift
+        clash = np.flatnonzero((prefix[1:] == prefix[:-1]) & (ordered[1:] != ordered[:-1]))
+        at = np.flatnonzero(np.isin(prefix, np.unique(prefix[clash])))
+        fix = np.lexsort((order[at], ordered[at]))
+        order[at], ordered[at] = order[at][fix], ordered[at][fix]
+    return order, ordered
 
 
 class KeyWindow:
@@ -231,48 +232,52 @@ class KeyWindow:
             times = np.zeros(n, dtype=np.int64)
         # One sort groups equal keys (a hash table over millions of distinct 64-bit keys is slower),
         # and everything after works in that order: lookups in the sorted state become a merge.
-        order = grouped_order(hashes)
-        ordered = hashes[order]
-        sorted_times = times[order]
-        head = np.empty(n, dtype=bool)
+        order, ordered = grouped_order(hashes)
+        head = np.empty(n, dtype=bool)  # a key's first row in this batch
         head[0] = True
         np.not_equal(ordered[1:], ordered[:-1], out=head[1:])
-        if head.all():  # every key once in this batch: nothing repeats within it
-            first = head
-            duplicate = np.zeros(n, dtype=bool)
-        else:
+        duplicate: np.ndarray | None = None  # in sorted order; None: no row repeats
+        if not head.all():
             starts = np.flatnonzero(head)
-            sizes = np.diff(np.r_[starts, n])
-            first = head  # a key's rows are in row order: its first occurrence heads its group
-            first_time = np.repeat(sorted_times[starts], sizes)
-            duplicate = ~first & (np.abs(sorted_times - first_time) <= self.window_us)
-        found = np.zeros(n, dtype=bool)
+            sorted_times = times[order]
+            first_time = np.repeat(sorted_times[starts], np.diff(np.r_[starts, n]))
+            duplicate = ~head & (np.abs(sorted_times - first_time) <= self.window_us)
+        fresh = head
         if len(self.hashes):
             at = np.minimum(np.searchsorted(self.hashes, ordered), len(self.hashes) - 1)
             found = self.hashes[at] == ordered
-            close = found & (np.abs(sorted_times - self.times[at]) <= self.window_us)
-            duplicate |= close
-            refresh = found & ~close & first  # the same key again, long after: a new event
-            self.times[at[refresh]] = sorted_times[refresh]
-            self.seq[at[refresh]] = self.next_seq + order[refresh]
+            hit = np.flatnonzero(found)
+            if len(hit):
+                hit_times = times[order[hit]]
+                close = np.abs(hit_times - self.times[at[hit]]) <= self.window_us
+                if duplicate is None:
+                    duplicate = np.zeros(n, dtype=bool)
+                duplicate[hit[close]] = True
+                refresh = hit[~close & head[hit]]  # the same key again, long after: a new event
+                self.times[at[refresh]] = times[order[refresh]]
+                self.seq[at[refresh]] = self.next_seq + order[refresh]
+                fresh = head & ~found
         newest = int(times.max())
         self.watermark = newest if self.watermark is None else max(self.watermark, newest)
-        fresh = np.flatnonzero(first & ~found)  # positions in sorted order: already in hash order
-        if len(fresh) > self.keep_rows:  # only what the eviction below would keep
-            rows = order[fresh]
-            fresh = fresh[(sorted_times[fresh] >= self.watermark - self.retention_us) | (rows >= n - self.keep_rows)]
-        new_hashes, rows = ordered[fresh], order[fresh]
+        if int(fresh.sum()) > self.keep_rows:  # only what the eviction below would keep
+            recent = times >= self.watermark - self.retention_us
+            recent[max(0, n - self.keep_rows) :] = True
+            fresh = fresh & recent[order]
+        positions = np.flatnonzero(fresh)  # sorted order: the new keys come out in hash order
+        new_hashes, rows = ordered[positions], order[positions]
+        new_times = times[rows]
         if len(self.hashes):
             slots = np.searchsorted(self.hashes, new_hashes)
             self.hashes = np.insert(self.hashes, slots, new_hashes)
-            self.times = np.insert(self.times, slots, sorted_times[fresh])
+            self.times = np.insert(self.times, slots, new_times)
             self.seq = np.insert(self.seq, slots, self.next_seq + rows)
         else:
-            self.hashes, self.times, self.seq = new_hashes, sorted_times[fresh], self.next_seq + rows
+            self.hashes, self.times, self.seq = new_hashes, new_times, self.next_seq + rows
         self.next_seq += n
         self._evict()
-        out = np.empty(n, dtype=bool)
-        out[order] = duplicate
+        out = np.zeros(n, dtype=bool)
+        if duplicate is not None:
+            out[order] = duplicate
         return out
 
     def _evict(self) -> None:
