@@ -240,22 +240,36 @@ def sorted_windows(column: pa.Array, size: int) -> tuple[np.ndarray, np.ndarray]
     windows = len(column) // size
     values, valid = numbers(column)
     raw = values[: windows * size]
-    # float32 sorts twice as fast and holds integers up to 2**24 exactly (clock times, distances...)
-    narrow = np.float32 if _exact_in_float32(raw) else np.float64
-    grid = np.asarray(raw, dtype=narrow).reshape(windows, size)
-    if valid is not None:
-        grid = np.where(valid[: windows * size].reshape(windows, size), grid, narrow(np.nan))
-    grid = np.sort(grid, axis=1).astype(np.float64, copy=False)  # NaN (null) last
+    mask = None if valid is None else valid[: windows * size].reshape(windows, size)
+    grid = _sorted_rows(raw.reshape(windows, size), mask)  # NaN (null) last
     n = np.sum(~np.isnan(grid), axis=1)
     _SORTED.update(key=key, column=column, grid=grid, n=n)
     return grid, n
 
 
-def _exact_in_float32(values: np.ndarray) -> bool:
-    """Whether every value survives a round trip through float32 (integers within 2**24)."""
-    if not len(values) or values.dtype.kind not in "iu":
-        return False
-    return bool(-(2**24) <= values.min() and values.max() <= 2**24)
+def _sorted_rows(grid: np.ndarray, valid: np.ndarray | None) -> np.ndarray:
+    """Each row sorted, as float64 with nulls (``valid`` False) as trailing NaN.
+
+    Sorting narrow numbers is faster (numpy's SIMD sorts: int16 ~2.5x, float32 ~2x float64), so
+    integers are sorted in the narrowest type that holds them exactly, nulls as a sentinel above them.
+    """
+    if grid.size and grid.dtype.kind in "iu":
+        low, high = int(grid.min()), int(grid.max())  # null slots' arbitrary values included: still safe
+        for narrow, top in ((np.int16, 2**15 - 1), (np.float32, 2**24)):
+            if -top <= low and high < top:
+                packed = grid.astype(narrow)
+                if valid is not None:
+                    np.copyto(packed, narrow(top), where=~valid)
+                packed.sort(axis=1)
+                out = packed.astype(np.float64)
+                if valid is not None:
+                    out[packed == narrow(top)] = np.nan
+                return out
+    out = np.array(grid, dtype=np.float64)
+    if valid is not None:
+        out[~valid] = np.nan
+    out.sort(axis=1)
+    return out
 
 
 def _is_text(data_type: pa.DataType) -> bool:

@@ -131,8 +131,8 @@ def window_micros(column: pa.ChunkedArray, windows: int, size: int) -> np.ndarra
     array = column.combine_chunks()
     if pa.types.is_timestamp(array.type) and array.type.unit != "us":
         array = pc.cast(array, pa.timestamp("us", array.type.tz))
-    values = pc.fill_null(array.view(pa.int64()), 0).to_numpy(zero_copy_only=False).astype(np.int64)
-    grid = values[: windows * size].reshape(windows, size)
+    values = pc.fill_null(array.view(pa.int64()), 0).to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+    grid = values[: windows * size].reshape(windows, size)  # read-only when it is Arrow's buffer
     if not array.null_count:
         return grid
     valid = np.asarray(array.is_valid().to_numpy(zero_copy_only=False))[: windows * size].reshape(windows, size)
@@ -889,23 +889,31 @@ class LatenessChecker:
         times = window_micros(block.column(EVENT_TIME), windows, size)
         carried = times[:, -CARRY_ROWS:].max(axis=1)
         seeds = np.concatenate([[self.watermark if self.watermark is not None else times[0, 0]], carried[:-1]])
+        # Lateness in whole microseconds; a band's edge is lowered by a microsecond so that the screen
+        # counts at least the rows check() counts (windows it picks are then checked exactly).
         if self.basis == "arrival":
             if ARRIVAL_TIME not in block.column_names:
                 return []
-            lateness = np.clip(window_micros(block.column(ARRIVAL_TIME), windows, size) - times, 0, None) / US
+            late_us = window_micros(block.column(ARRIVAL_TIME), windows, size) - times
         elif self.basis == "label":
             if LATE_LABEL not in block.column_names:
                 return []
-            lateness = _labels(block)[: windows * size].reshape(windows, size) * LABELED_LATE_S
+            late_us = (_labels(block)[: windows * size].reshape(windows, size) * (LABELED_LATE_S * US)).astype(np.int64)
         else:
-            running = np.maximum.accumulate(times, axis=1)
-            before = np.maximum(np.column_stack([seeds, running[:, :-1]]), seeds[:, None])
+            late_us = np.maximum.accumulate(times, axis=1)  # the running maximum, shifted by one below
+            late_us[:, 1:] = late_us[:, :-1]
+            late_us[:, 0] = seeds
+            np.maximum(late_us, seeds[:, None], out=late_us)
             if self.watermark is None:  # the very first window has no carried watermark
-                before[0] = np.r_[times[0, 0], running[0, :-1]]
-            lateness = np.clip(before - times, 0, None) / US
+                late_us[0, 0] = times[0, 0]
+                late_us[0, 1:] = np.maximum.accumulate(times[0])[:-1]
+            late_us -= times
         suspect = np.zeros(windows, dtype=bool)
         for edge, allowed in self.bands:
-            count = (lateness >= edge).sum(axis=1)
+            if edge <= 0:
+                count = np.full(windows, size)
+            else:
+                count = (late_us >= math.floor(edge * US) - 1).sum(axis=1)
             suspect |= (count >= max(self.min_rows, allowed * size)) & (count > allowed * size)
         alerts: list[Alert] = []
         for w in np.flatnonzero(suspect).tolist():
