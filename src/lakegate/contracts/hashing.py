@@ -82,8 +82,9 @@ def hash_array(array: pa.Array) -> np.ndarray:
         values = np.where(values == 0, 0.0, values)  # -0.0 == 0.0
         values = np.where(np.isnan(values), math.nan, values)
         out = values.astype(np.float64).view(np.uint64)
-    elif pa.types.is_integer(data_type) and data_type.bit_width == 64:
-        out = pc.fill_null(array, 0).to_numpy(zero_copy_only=False).view(np.uint64)
+    elif (pa.types.is_integer(data_type) or pa.types.is_temporal(data_type)) and data_type.bit_width == 64:
+        # zero-copy: the value buffer's words themselves (null slots are replaced below)
+        out = np.frombuffer(array.buffers()[1], dtype=np.uint64, count=len(array), offset=array.offset * 8)
     elif pa.types.is_boolean(data_type) or pa.types.is_integer(data_type):
         out = pc.fill_null(pc.cast(array, pa.int64()), 0).to_numpy(zero_copy_only=False).view(np.uint64)
     elif pa.types.is_temporal(data_type):
@@ -94,7 +95,7 @@ def hash_array(array: pa.Array) -> np.ndarray:
         out = _hash_strings(pa.array(text, type=pa.string()))
     if array.null_count:
         out = np.where(array.is_valid().to_numpy(zero_copy_only=False), out, _NULL)
-    return np.asarray(out, dtype=np.uint64)
+    return np.asarray(out, dtype=np.uint64)  # may be a read-only view of the column
 
 
 def _is_text(data_type: pa.DataType) -> bool:
@@ -117,9 +118,8 @@ def row_hashes(rows: pa.Table, columns: list[str]) -> np.ndarray:
         np.multiply(combined, _M1, out=combined)  # a polynomial over the columns' words, mixed at the end
         if _is_text(column.type):
             dictionary, indices = ENCODINGS.get(column)
-            distinct = hash_array(dictionary) if len(dictionary) else np.zeros(1, np.uint64)
-            words = distinct[np.maximum(indices, 0)]
-            np.add(combined, np.where(indices >= 0, words, _NULL), out=combined)
+            distinct = hash_array(dictionary) if len(dictionary) else np.zeros(0, np.uint64)
+            np.add(combined, np.append(distinct, _NULL)[indices], out=combined)  # index -1 (null): _NULL
             continue
         array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
         np.add(combined, hash_array(array), out=combined)
