@@ -246,13 +246,21 @@ def test_a_checker_raises_the_same_alerts_over_many_windows_as_window_by_window(
     assert any(a.window_index == 8 for a in checker(rules["null_rate:coupon"]).check_windows(block, 7, WINDOW))
 
 
-@pytest.mark.parametrize("span", [(-300, 2400), (-(2**20), 2**22), (-(2**40), 2**40), (32000, 32767)])
+@pytest.mark.parametrize(
+    ("span", "windows"),
+    [
+        ((-300, 2400), 30),  # counting sort
+        ((-30000, 30000), 300),  # too many counters: int16 sort
+        ((32000, 32767), 30),  # next to the int16 null sentinel
+        ((-(2**20), 2**22), 30),  # float32 sort
+        ((-(2**40), 2**40), 30),  # float64 sort
+    ],
+)
 @pytest.mark.parametrize("nulls", [False, True])
-def test_windows_sort_in_a_narrow_type_exactly(span: tuple[int, int], nulls: bool) -> None:
-    """int16 / float32 sorts give exactly the float64 sort, nulls last as NaN (also when values sit
-    next to the int16 sentinel)."""
+def test_windows_sort_in_a_narrow_type_exactly(span: tuple[int, int], windows: int, nulls: bool) -> None:
+    """Counting, int16 and float32 sorts give exactly the float64 sort, nulls last as NaN."""
     rng = np.random.default_rng(span[1] % 97)
-    grid = rng.integers(span[0], span[1], (30, 400), dtype=np.int64)
-    valid = rng.random((30, 400)) > 0.1 if nulls else None
+    grid = rng.integers(span[0], span[1], (windows, 400), dtype=np.int64)
+    valid = rng.random(grid.shape) > 0.1 if nulls else None
     expected = np.sort(np.where(valid if valid is not None else True, grid.astype(np.float64), np.nan), axis=1)
     np.testing.assert_array_equal(drift._sorted_rows(grid, valid), expected)
