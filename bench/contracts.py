@@ -34,8 +34,11 @@ cost) and reported as ``pair_sets`` / ``gx_with_pair_sets_rows_per_s``, not in `
 GX figure is for the checks it runs vectorized, which flatters GX. The peers check at most what lakegate
 checks.
 
-Each contender runs in its own subprocess, pinned to the same single core with ``os.sched_setaffinity``.
-Only the check is timed, best of ``--repeat``: ``enforcer.check(table)``; ``batch.validate(suite,
+Each contender runs in its own subprocess, pinned to the same single core with ``os.sched_setaffinity``,
+with the same glibc allocator settings (``SAME_ALLOCATOR``: what every ``lakegate`` command sets through
+``lakegate.core.memory``; without them a quarter of lakegate's time went to faulting in freed arrays).
+Only the check is timed, best of ``--repeat``: ``enforcer.check(table)`` (a fresh enforcer each run; a
+check frees its per-batch caches, so every run encodes and sorts the batch anew); ``batch.validate(suite,
 result_format="BOOLEAN_ONLY")``, GX's fastest format (one more run with its default ``SUMMARY`` is
 reported as ``gx_summary_rows_per_s``); ``schema.validate(df, lazy=True)``. Loading the Parquet file and
 building the enforcer/suite/schema are not timed. GX and pandera live in ``.venv-bench-checks``
@@ -91,6 +94,10 @@ DAY_US = 86_400 * 1_000_000
 MAX_DELAY_US = 10 * 60 * 1_000_000
 TARGETS = {"lakegate_rows_per_s": 2_000_000, "vs_gx": 10.0, "vs_pandera": 2.0}
 RESULT_PREFIX = "RESULT "
+SAME_ALLOCATOR = {"MALLOC_MMAP_THRESHOLD_": str(1 << 30), "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
+"""glibc's environment form of what ``lakegate.core.memory.keep_freed_memory`` sets: big freed arrays stay
+in the heap instead of being unmapped and faulted in again. pandas (GX, pandera) gains from it as well,
+so the peers get it too."""
 GX_PAIR_SET_ROWS = 20_000
 QUICK_GX_PAIR_SET_ROWS = 2_000
 
@@ -658,6 +665,7 @@ def run_contender(
     command += ["--repeat", str(repeat), "--gx-pair-rows", str(pair_rows)]
     command += [] if cpu is None else ["--cpu", str(cpu)]
     env = dict(os.environ, GX_ANALYTICS_ENABLED="false", PYTHONPATH=str(REPO / "src") if name == "lakegate" else "")
+    env.update(SAME_ALLOCATOR)  # every contender with the allocator settings lakegate's CLI applies
     started = time.perf_counter()
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
