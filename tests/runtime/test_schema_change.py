@@ -143,9 +143,15 @@ def test_a_held_change_is_approved_then_replayed_exactly_once(tmp_path: Path, ca
     pending = registry(tmp_path).proposals(status="pending")
     assert len(pending) == 1 and pending[0].body["held_because"]
 
+    assert cli(["dlq", "list", "--spec", str(spec), "--limit", "5"]) == 0
+    assert "replayed" not in capsys.readouterr().out
     assert cli(["proposals", "approve", pending[0].id[:8], "--spec", str(spec), "--replay", "--actor", "ana"]) == 0
     assert_exact(tmp_path, expected)
     assert columns(tmp_path) == ORDER_COLUMNS
+    capsys.readouterr()
+    assert cli(["dlq", "list", "--spec", str(spec), "--limit", "5"]) == 0
+    listed = capsys.readouterr().out  # the held rows now show as replayed, per reason in the summary
+    assert "replayed" in listed and f"{NEW_FILES * PER_FILE}" in listed, listed
     assert cli(["dlq", "replay", "--spec", str(spec)]) == 0
     assert "no open dead letters match" in capsys.readouterr().out
     assert_exact(tmp_path, expected)  # a second replay lands nothing twice

@@ -184,7 +184,7 @@ def cmd_dlq(args: argparse.Namespace) -> int:
     if not tables:
         print("no dead-letter table yet")
         return 0
-    union = " UNION ALL ".join(f'SELECT * FROM "{namespace}"."{t}"' for t in tables)
+    union = " UNION ALL ".join(_dead_letters_sql(catalog, namespace, t) for t in tables)
     s3_props = s3 if any(k.startswith("s3.") for k in s3) else None
     if args.action == "list":
         sql = (
@@ -192,7 +192,9 @@ def cmd_dlq(args: argparse.Namespace) -> int:
             f" FROM ({union}) ORDER BY dead_lettered_at, source, position LIMIT {int(args.limit)}"
         )
         print(render_table(query(catalog, sql, s3_props), limit=args.limit))  # type: ignore[arg-type]
-        summary = f"SELECT reason_code, count(*) AS records FROM ({union}) GROUP BY 1 ORDER BY 2 DESC"
+        summary = (
+            f"SELECT reason_code, status, count(*) AS records FROM ({union}) GROUP BY 1, 2 ORDER BY 3 DESC, 1, 2"
+        )
         print(render_table(query(catalog, summary, s3_props)))  # type: ignore[arg-type]
         return 0
     dlq_id = args.id.replace("'", "''")
@@ -205,6 +207,23 @@ def cmd_dlq(args: argparse.Namespace) -> int:
             value = value[:2000].decode("utf-8", errors="replace")
         print(f"{key:>18}: {value}")
     return 0
+
+
+def _dead_letters_sql(catalog: object, namespace: str, table: str) -> str:
+    """A dead-letter table's rows with their replay: the table itself is append-only, so a replayed
+    record's ``status`` comes from the replay markers (``<table>_replays``) committed with its replay."""
+    from lakegate.sources.replay import replays_table_of
+
+    letters = f'"{namespace}"."{table}"'
+    replays = replays_table_of(table)
+    if not catalog.table_exists((namespace, replays)):  # type: ignore[attr-defined]
+        return f"SELECT *, CAST(NULL AS TIMESTAMPTZ) AS replayed_at FROM {letters}"
+    return (
+        f"SELECT d.* REPLACE (CASE WHEN r.dlq_id IS NULL THEN d.status ELSE 'replayed' END AS status),"
+        f' r.replayed_at FROM {letters} d LEFT JOIN (SELECT dlq_id, dead_lettered_checkpoint,'
+        f' max(replayed_at) AS replayed_at FROM "{namespace}"."{replays}" GROUP BY 1, 2) r'
+        " ON r.dlq_id = d.dlq_id AND r.dead_lettered_checkpoint = d.checkpoint_id"
+    )
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
