@@ -1,0 +1,199 @@
+"""Duplicate events: the recent keys (hash, event time) of a stream, and the checker of ``unique_key`` rules."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from lakegate.contracts.api import LearnConfig, RowCheck
+from lakegate.contracts.hashing import row_hashes
+from lakegate.contracts.model import Rule
+from lakegate.contracts.temporal.times import EVENT_TIME, US, b64, event_micros, unb64
+
+KEY_KEEP_ROWS = 100_000
+MAX_KEYS = 2_000_000
+MAX_KEY_CANDIDATES = 4
+UNIQUE_SHARE = 0.99
+MIN_KEY_PROBE_ROWS = 100
+"""Key candidates (columns unique in a batch) are chosen from the first batch this large."""
+MAX_DUPLICATE_RATE = 5e-4
+
+
+# ---------------------------------------------------------------------------------------------------
+# Duplicate state
+
+
+_TOP_BIT = np.uint64(1 << 63)
+
+
+def grouped_order(hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The permutation that sorts uint64 ``hashes`` ascending, equal hashes by row (each key's rows
+    together, its first occurrence first), and the sorted hashes.
+
+    Sorting values is twice as fast as numpy's argsort, so each row's index is packed into the low bits
+    of its hash (the top bits kept) and the packed words sorted as signed integers (numpy's SIMD path;
+    flipping the top bit makes signed order the unsigned one). Different hashes whose top bits agree (a
+    handful in millions) can come out of order; those runs are re-sorted on the full hash.
+    """
+    n = len(hashes)
+    bits = max(1, (n - 1).bit_length())
+    if bits > 40:
+        order = np.lexsort((np.arange(n), hashes))
+        return order, hashes[order]
+    shift = np.uint64(bits)
+    packed = hashes >> shift
+    packed <<= shift
+    packed |= np.arange(n, dtype=np.uint64)
+    packed ^= _TOP_BIT
+    packed = np.sort(packed.view(np.int64)).view(np.uint64)
+    order = (packed & np.uint64((1 << bits) - 1)).view(np.int64)
+    ordered = hashes[order]
+    if n > 1 and bool((ordered[1:] < ordered[:-1]).any()):
+        prefix = packed >> shift
+        clash = np.flatnonzero((prefix[1:] == prefix[:-1]) & (ordered[1:] != ordered[:-1]))
+        at = np.flatnonzero(np.isin(prefix, np.unique(prefix[clash])))
+        fix = np.lexsort((order[at], ordered[at]))
+        order[at], ordered[at] = order[at][fix], ordered[at][fix]
+    return order, ordered
+
+
+class KeyWindow:
+    """Keys seen recently (hash, event time), bounded by retention, row count and ``MAX_KEYS``.
+
+    The hashes are kept sorted (a binary search per row, a merge per batch: no hash table to rebuild
+    for every batch), with the event time and the arrival sequence number of each key.
+    """
+
+    def __init__(self, window_s: float, retention_s: float, keep_rows: int = KEY_KEEP_ROWS) -> None:
+        self.window_us = int(window_s * US)
+        self.retention_us = int(max(retention_s, window_s) * US)
+        self.keep_rows = keep_rows
+        self.hashes = np.zeros(0, dtype=np.uint64)
+        self.times = np.zeros(0, dtype=np.int64)
+        self.seq = np.zeros(0, dtype=np.int64)
+        self.next_seq = 0
+        self.watermark: int | None = None
+
+    def check(self, hashes: np.ndarray, times: np.ndarray | None) -> np.ndarray:
+        """Mask of rows repeating a key seen earlier (before, or earlier in this batch) within the
+        window; then remember the batch's keys."""
+        n = len(hashes)
+        if n == 0:
+            return np.zeros(0, dtype=bool)
+        if times is None:
+            times = np.zeros(n, dtype=np.int64)
+        # One sort groups equal keys (a hash table over millions of distinct 64-bit keys is slower),
+        # and everything after works in that order: lookups in the sorted state become a merge.
+        order, ordered = grouped_order(hashes)
+        head = np.empty(n, dtype=bool)  # a key's first row in this batch
+        head[0] = True
+        np.not_equal(ordered[1:], ordered[:-1], out=head[1:])
+        duplicate: np.ndarray | None = None  # in sorted order; None: no row repeats
+        if not head.all():
+            starts = np.flatnonzero(head)
+            sorted_times = times[order]
+            first_time = np.repeat(sorted_times[starts], np.diff(np.r_[starts, n]))
+            duplicate = ~head & (np.abs(sorted_times - first_time) <= self.window_us)
+        fresh = head
+        if len(self.hashes):
+            at = np.minimum(np.searchsorted(self.hashes, ordered), len(self.hashes) - 1)
+            found = self.hashes[at] == ordered
+            hit = np.flatnonzero(found)
+            if len(hit):
+                hit_times = times[order[hit]]
+                close = np.abs(hit_times - self.times[at[hit]]) <= self.window_us
+                if duplicate is None:
+                    duplicate = np.zeros(n, dtype=bool)
+                duplicate[hit[close]] = True
+                refresh = hit[~close & head[hit]]  # the same key again, long after: a new event
+                self.times[at[refresh]] = times[order[refresh]]
+                self.seq[at[refresh]] = self.next_seq + order[refresh]
+                fresh = head & ~found
+        newest = int(times.max())
+        self.watermark = newest if self.watermark is None else max(self.watermark, newest)
+        if int(fresh.sum()) > self.keep_rows:  # only what the eviction below would keep
+            recent = times >= self.watermark - self.retention_us
+            recent[max(0, n - self.keep_rows) :] = True
+            fresh = fresh & recent[order]
+        positions = np.flatnonzero(fresh)  # sorted order: the new keys come out in hash order
+        new_hashes, rows = ordered[positions], order[positions]
+        new_times = times[rows]
+        if len(self.hashes):
+            slots = np.searchsorted(self.hashes, new_hashes)
+            self.hashes = np.insert(self.hashes, slots, new_hashes)
+            self.times = np.insert(self.times, slots, new_times)
+            self.seq = np.insert(self.seq, slots, self.next_seq + rows)
+        else:
+            self.hashes, self.times, self.seq = new_hashes, new_times, self.next_seq + rows
+        self.next_seq += n
+        self._evict()
+        out = np.zeros(n, dtype=bool)
+        if duplicate is not None:
+            out[order] = duplicate
+        return out
+
+    def _evict(self) -> None:
+        if len(self.hashes) <= self.keep_rows or self.watermark is None:
+            return
+        keep = (self.times >= self.watermark - self.retention_us) | (self.seq >= self.next_seq - self.keep_rows)
+        if keep.sum() > MAX_KEYS:
+            keep &= self.seq >= np.sort(self.seq[keep])[-MAX_KEYS]
+        if not keep.all():
+            self.hashes, self.times, self.seq = self.hashes[keep], self.times[keep], self.seq[keep]
+
+    def to_state(self) -> dict[str, Any]:
+        return {
+            "hashes": b64(self.hashes),
+            "times": b64(self.times),
+            "seq": b64(self.seq),
+            "next_seq": self.next_seq,
+            "watermark": self.watermark,
+        }
+
+    def from_state(self, state: dict[str, Any]) -> None:
+        self.hashes = unb64(state["hashes"], np.uint64)
+        self.times = unb64(state["times"], np.int64)
+        self.seq = unb64(state["seq"], np.int64)
+        self.next_seq = int(state["next_seq"])
+        self.watermark = state["watermark"]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Checker
+
+
+class DuplicateChecker:
+    """Rows repeating an event key within the window (state: the keys of the recent past)."""
+
+    def __init__(self, rule: Rule, config: LearnConfig) -> None:
+        self.rule = rule
+        params = rule.params
+        window = float(params.get("window_s", config.duplicate_window_s))
+        self.keys = KeyWindow(
+            window, float(params.get("retention_s", window)), int(params.get("keep_rows", KEY_KEEP_ROWS))
+        )
+        self.window = window
+
+    def check(self, rows: pa.Table) -> RowCheck:
+        columns = self.rule.columns
+        failed = self.keys.check(row_hashes(rows, columns), event_micros(rows))
+        if not failed.any():
+            return RowCheck(rule=self.rule, failed=failed)
+        shown = list(columns[:6]) + ([EVENT_TIME] if EVENT_TIME in rows.column_names else [])
+        observed = pa.StructArray.from_arrays([rows.column(c).combine_chunks() for c in shown], names=shown)
+        key = "the whole row" if self.rule.params.get("key") == "row" else " + ".join(columns)
+        return RowCheck(
+            rule=self.rule,
+            failed=failed,
+            observed=observed,
+            threshold=f"one event per {key} within {self.window:g} s of event time",
+        )
+
+    def to_state(self) -> dict[str, Any]:
+        return self.keys.to_state()
+
+    def from_state(self, state: dict[str, Any]) -> None:
+        if state:
+            self.keys.from_state(state)
