@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import numpy as np
 import orjson
@@ -17,6 +18,7 @@ from lakegate.contracts.temporal import (
     DuplicateChecker,
     KeyWindow,
     TemporalLearner,
+    duplicates,
     grouped_order,
     row_hashes,
     volume_ratios,
@@ -335,10 +337,12 @@ def test_a_key_hashes_the_same_whatever_else_is_in_its_batch() -> None:
     assert alone[0] == beside_long[0]
 
 
+@pytest.mark.parametrize("partition_rows", [1 << 20, 1000])
 @pytest.mark.parametrize("spread", [2**64 - 1, 2**30, 50])
-def test_grouped_order_sorts_by_hash_then_row(spread: int) -> None:
+def test_grouped_order_sorts_by_hash_then_row(spread: int, partition_rows: int, monkeypatch: Any) -> None:
     """Packing row numbers into the hashes' low bits must not change the order, also when many hashes
-    share their top bits (small spreads force that) or have the top bit set."""
+    share their top bits (small spreads force that) or have the top bit set, sorted whole or in parts."""
+    monkeypatch.setattr(duplicates, "PARTITION_ROWS", partition_rows)
     rng = np.random.default_rng(spread % 1000)
     hashes = rng.integers(0, spread, 20_000, dtype=np.uint64, endpoint=True)
     if spread < 2**63:
