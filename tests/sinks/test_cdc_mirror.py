@@ -35,6 +35,7 @@ from lakegate.runtime.state import StateStore
 from lakegate.sinks.catalog import open_catalog
 from lakegate.sinks.cdc import (
     CHANGE_SEQ,
+    KEEP_SNAPSHOTS,
     NO_WATERMARK,
     UNCHANGED,
     ChangeSequencer,
@@ -50,6 +51,7 @@ from lakegate.sinks.cdc import (
     pending_changes,
     prepare_changes,
 )
+from lakegate.sinks.commit import KEEP_SNAPSHOTS_PROPERTY
 from lakegate.sinks.tables import TableManager
 
 VALUES = ("id", "part", "name", "amount", "doc")
@@ -499,3 +501,54 @@ def test_changelog_keeps_every_event_exactly_once(warehouse: Warehouse) -> None:
     assert landed.column("_lg_checkpoint").to_pylist() == sorted(landed.column("_lg_checkpoint").to_pylist())
     assert len(set(landed.column(CHANGE_SEQ).to_pylist())) == landed.num_rows
     assert history.properties["lakegate.cdc.mode"] == "changelog"
+
+
+def test_a_polling_reader_queries_again_only_when_a_table_moved_on(warehouse: Warehouse) -> None:
+    keys = ("id",)
+    ensure_cdc_tables(warehouse.tables, "accounts", _change_schema(), mode="mirror", key_columns=keys)
+    rng = random.Random(3)
+    stream, next_id = ChangeStream(), [0]
+    random_checkpoint(stream, rng, events=40, next_id=next_id)
+    warehouse.commit(changes_table_name("accounts"), stream.take_events(), keys)
+    reader = CurrentReader(warehouse.tables.catalog, "ns")
+    uncached = CurrentReader(warehouse.tables.catalog, "ns", cache=False)
+    try:
+        first = reader.read("accounts")
+        assert reader.read("accounts") is first  # nothing committed: the same rows, no query
+        assert as_rows(first) == stream.expected()
+        count = reader.read("accounts", columns="count(*) AS n")  # another request is queried on its own
+        assert count.column("n").to_pylist() == [len(stream.reference)]
+        assert uncached.read("accounts") is not uncached.read("accounts")
+
+        random_checkpoint(stream, rng, events=40, next_id=next_id)
+        warehouse.commit(changes_table_name("accounts"), stream.take_events(), keys)  # the changes move on
+        after_commit = reader.read("accounts")
+        assert after_commit is not first and as_rows(after_commit) == stream.expected()
+        assert compact_mirror(warehouse.tables, "accounts").outcome == "compacted"  # the mirror moves on
+        after_compaction = reader.read("accounts")
+        assert after_compaction is not after_commit and as_rows(after_compaction) == stream.expected()
+        assert as_rows(uncached.read("accounts")) == stream.expected()
+    finally:
+        reader.close()
+        uncached.close()
+
+
+def test_compactions_expire_old_mirror_snapshots_but_keep_the_watermark(warehouse: Warehouse) -> None:
+    keys = ("id",)
+    tables = ensure_cdc_tables(warehouse.tables, "accounts", _change_schema(), mode="mirror", key_columns=keys)
+    assert tables.mirror is not None and tables.mirror.properties[KEEP_SNAPSHOTS_PROPERTY] == str(KEEP_SNAPSHOTS)
+    with tables.mirror.transaction() as txn:
+        txn.set_properties({KEEP_SNAPSHOTS_PROPERTY: "2"})
+    rng = random.Random(5)
+    stream, next_id = ChangeStream(), [0]
+    for _ in range(6):
+        random_checkpoint(stream, rng, events=30, next_id=next_id)
+        warehouse.commit(changes_table_name("accounts"), stream.take_events(), keys)
+        result = compact_mirror(warehouse.tables, "accounts")
+        assert result.outcome == "compacted"
+    mirror = warehouse.tables.refresh("accounts")
+    assert mirror is not None
+    assert len(mirror.metadata.snapshots) <= 3  # the newest two and the one this compaction added
+    assert mirror_watermark(mirror) == result.watermark_after == encode_sequence(6, result.changes_merged - 1)
+    assert as_rows(_mirror_rows(warehouse, "accounts")) == stream.expected()
+    assert as_rows(read_current(warehouse.tables.catalog, "ns", "accounts")) == stream.expected()

@@ -12,7 +12,15 @@ import pytest
 
 from lakegate.core.config import CatalogSpec
 from lakegate.sinks.catalog import open_catalog
-from lakegate.sinks.commit import commit_checkpoint, delete_stray_files, last_committed_checkpoint
+from lakegate.sinks.commit import (
+    EXPIRE_BATCH,
+    KEEP_SNAPSHOTS_PROPERTY,
+    WATERMARK_PROPERTY,
+    commit_checkpoint,
+    data_files_of,
+    delete_stray_files,
+    last_committed_checkpoint,
+)
 from lakegate.sinks.tables import TableManager
 from lakegate.sinks.writer import DataFileWriter
 
@@ -122,3 +130,87 @@ def test_two_pipelines_append_concurrently_without_losing_a_commit(tmp_path: Pat
     # Every data file written is referenced by the table: retries left no orphan data file.
     assert _data_files_on_disk(table.location()) == _referenced_files(table)
     assert os.path.exists(table.metadata_location.removeprefix("file://"))
+
+
+def _entry_fields(entry) -> dict[str, object]:  # type: ignore[no-untyped-def]
+    names = (
+        "file_path", "record_count", "file_size_in_bytes", "column_sizes", "value_counts", "null_value_counts",
+        "nan_value_counts", "lower_bounds", "upper_bounds", "split_offsets",
+    )  # fmt: skip
+    return {**{name: getattr(entry, name) for name in names}, "partition": tuple(entry.partition)}
+
+
+def test_entries_from_the_writers_footers_equal_those_read_back_from_the_files(tmp_path: Path) -> None:
+    tables = TableManager(open_catalog(CatalogSpec(), tmp_path), "ns")
+    sample = _rows("a", 1, 10)
+    table = tables.ensure("events", sample.schema, "day")
+    writer = DataFileWriter(table, "a", 1)
+    writer.write(sample)
+    writer.write(_rows("a", 1, 7, day_offset=1))
+    files = writer.close()
+    assert sorted(writer.written) == sorted(files)
+
+    from_footers = data_files_of(table.io, table.metadata, files, writer.written)
+    read_back = data_files_of(table.io, table.metadata, files, {})
+
+    assert [_entry_fields(e) for e in from_footers] == [_entry_fields(e) for e in read_back]
+    assert sum(e.record_count for e in from_footers) == 17
+
+
+def test_expiry_keeps_the_newest_snapshot_of_every_pipeline_and_the_skip_rule(tmp_path: Path) -> None:
+    tables = TableManager(open_catalog(CatalogSpec(), tmp_path), "ns")
+    table = tables.ensure("events", _rows("a", 0, 1).schema, None)
+    with table.transaction() as txn:
+        txn.set_properties({KEEP_SNAPSHOTS_PROPERTY: "3"})
+    other = DataFileWriter(table, "b", 7)
+    other.write(_rows("b", 7, 2))
+    assert commit_checkpoint(table, other.close(), pipeline="b", checkpoint_id=7, source_positions="{}") == "committed"
+    table.append(_rows("compactor", 0, 1), snapshot_properties={WATERMARK_PROPERTY: "42"})
+    commits = 3 + EXPIRE_BATCH + 12
+    for checkpoint in range(1, commits + 1):
+        writer = DataFileWriter(table, "a", checkpoint)
+        writer.write(_rows("a", checkpoint, 3))
+        outcome = commit_checkpoint(
+            table, writer.close(), pipeline="a", checkpoint_id=checkpoint, source_positions="{}", refresh=False
+        )
+        assert outcome == "committed"
+
+    table.refresh()
+    snapshots = table.metadata.snapshots
+    # Bounded: the newest 3, the protected two (b's newest, the watermark), at most a batch not yet expired.
+    assert len(snapshots) <= 3 + 2 + EXPIRE_BATCH < commits
+    assert last_committed_checkpoint(table, "a") == commits
+    assert last_committed_checkpoint(table, "b") == 7
+    assert any(s.summary is not None and s.summary.get(WATERMARK_PROPERTY) == "42" for s in snapshots)
+    for retried in (commits, commits - 1):  # a retry after a crash still sees the checkpoint committed
+        assert commit_checkpoint(table, [], pipeline="a", checkpoint_id=retried, source_positions="{}") == "skipped"
+    # Expiry drops snapshots, never data: every row is still there, every file still referenced.
+    assert table.scan().to_arrow().num_rows == 2 + 1 + 3 * commits
+    assert _data_files_on_disk(table.location()) == _referenced_files(table)
+
+
+def test_a_commit_on_a_stale_table_object_reloads_before_it_decides(tmp_path: Path) -> None:
+    catalog = open_catalog(CatalogSpec(), tmp_path)
+    table = TableManager(catalog, "ns").ensure("events", _rows("a", 0, 1).schema, None)
+    stale = catalog.load_table("ns.events")
+    writer = DataFileWriter(table, "a", 1)
+    writer.write(_rows("a", 1, 4))
+    files = writer.close()
+    assert commit_checkpoint(table, files, pipeline="a", checkpoint_id=1, source_positions="{}") == "committed"
+
+    # The stale object does not show checkpoint 1; its append is refused, it reloads and skips.
+    outcome = commit_checkpoint(
+        stale, files, pipeline="a", checkpoint_id=1, source_positions="{}", written=writer.written, refresh=False
+    )
+    assert outcome == "skipped"
+    # Another pipeline's commit moved the table on: a stale append of ours is retried on top of it.
+    other = DataFileWriter(table, "b", 1)
+    other.write(_rows("b", 1, 2))
+    commit_checkpoint(table, other.close(), pipeline="b", checkpoint_id=1, source_positions="{}")
+    second = DataFileWriter(stale, "a", 2)
+    second.write(_rows("a", 2, 3))
+    assert commit_checkpoint(stale, second.close(), pipeline="a", checkpoint_id=2, source_positions="{}",
+                             written=second.written, refresh=False) == "committed"  # fmt: skip
+    table.refresh()
+    keys = table.scan().to_arrow().column("key").to_pylist()
+    assert len(keys) == len(set(keys)) == 4 + 2 + 3

@@ -137,21 +137,33 @@ def _scan_sql(table: Table) -> str | None:
     return f"iceberg_scan({_literal(table.metadata_location)})"
 
 
-def describe_current(connection: duckdb.DuckDBPyConnection, catalog: Catalog, mirror: Table) -> CurrentSource:
-    """Resolve what the current view of ``mirror`` reads, from the catalog at this moment.
+def changes_of(catalog: Catalog, mirror: Table) -> Table:
+    """The changes table behind ``mirror``, loaded now.
 
     Raises:
         ValueError: ``mirror`` is not a CDC mirror (no mode/key/changes table properties).
     """
     properties = mirror.properties
     changes_name = properties.get(CHANGES_PROPERTY)
-    keys = key_columns_of(mirror)
-    if properties.get(MODE_PROPERTY) != "mirror" or not changes_name or not keys:
+    if properties.get(MODE_PROPERTY) != "mirror" or not changes_name or not key_columns_of(mirror):
         raise ValueError(f"{'.'.join(mirror.name())} is not a lakegate CDC mirror")
-    namespace = ".".join(mirror.name()[:-1])
-    # Watermark first, changes second: a compaction in between only makes the changes redundant.
+    return catalog.load_table(f"{'.'.join(mirror.name()[:-1])}.{changes_name}")
+
+
+def describe_current(
+    connection: duckdb.DuckDBPyConnection, catalog: Catalog, mirror: Table, changes: Table | None = None
+) -> CurrentSource:
+    """Resolve what the current view of ``mirror`` reads, from the catalog at this moment (``changes``:
+    its changes table, loaded after ``mirror``, when the caller has it already).
+
+    Raises:
+        ValueError: ``mirror`` is not a CDC mirror (no mode/key/changes table properties).
+    """
+    # Mirror (and its watermark) first, changes second: a compaction in between only makes the
+    # changes redundant.
+    changes = changes if changes is not None else changes_of(catalog, mirror)
+    keys = key_columns_of(mirror)
     watermark = mirror_watermark(mirror)
-    changes = catalog.load_table(f"{namespace}.{changes_name}")
     hidden = {BEFORE, UNCHANGED}
     mirror_columns, changes_columns = _table_columns(mirror), _table_columns(changes)
     columns = [c for c in mirror_columns if c not in hidden]
@@ -225,24 +237,48 @@ class CurrentReader:
     Opening DuckDB and loading its iceberg extension costs ~0.4-0.7 s here, more than the query; a
     reader that polls for freshness (a lag probe, a server) keeps one connection and pays only the
     catalog look-ups (a few ms per mirror) and the query.
+
+    A read whose mirror and changes table still have the metadata files of the previous identical
+    read (same table, predicate and columns) returns that read's result without querying: Iceberg
+    metadata files are immutable, so the same two files mean the same rows. A poll between two
+    checkpoints then costs two catalog look-ups instead of a DuckDB query (``cache=False`` queries
+    every time, to measure the query).
     """
 
-    def __init__(self, catalog: Catalog, namespace: str, s3: dict[str, str] | None = None) -> None:
+    CACHED_READS = 16
+    """Distinct (table, predicate, columns) reads remembered; the oldest is dropped first."""
+
+    def __init__(
+        self, catalog: Catalog, namespace: str, s3: dict[str, str] | None = None, *, cache: bool = True
+    ) -> None:
         self.catalog = catalog
         self.namespace = namespace
         self.connection = connect(catalog, s3) if s3 else _bare_connection()
+        self.cache = cache
+        self._last: dict[tuple[str, str | None, str], tuple[tuple[str, str], pa.Table]] = {}
+        """(table, where, columns) -> (the metadata locations it was read at, its rows)."""
 
     def read(self, table: str, where: str | None = None, columns: str = "*") -> pa.Table:
         """Rows of mirror ``table`` as of the last committed checkpoint (``where`` is a SQL predicate)."""
         mirror = self.catalog.load_table(f"{self.namespace}.{table}")
-        source = describe_current(self.connection, self.catalog, mirror)
+        changes = changes_of(self.catalog, mirror)
+        request, at = (table, where, columns), (mirror.metadata_location, changes.metadata_location)
+        known = self._last.get(request)
+        if self.cache and known is not None and known[0] == at:
+            return known[1]
+        source = describe_current(self.connection, self.catalog, mirror, changes)
         if source.mirror_sql is None and source.changes_sql is None:
             select = _empty_select(self.connection, mirror, source.columns)
         else:
             select = current_sql(source)
         sql = f"SELECT {columns} FROM ({select})"
-        result = self.connection.execute(f"{sql} WHERE {where}" if where else sql)
-        return result.to_arrow_table()
+        rows = self.connection.execute(f"{sql} WHERE {where}" if where else sql).to_arrow_table()
+        if self.cache:
+            self._last.pop(request, None)
+            self._last[request] = (at, rows)
+            while len(self._last) > self.CACHED_READS:
+                self._last.pop(next(iter(self._last)))
+        return rows
 
     def close(self) -> None:
         self.connection.close()

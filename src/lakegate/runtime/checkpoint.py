@@ -34,7 +34,7 @@ from lakegate.runtime.faults import maybe_crash
 from lakegate.runtime.state import CheckpointRecord, StateStore
 from lakegate.sinks.commit import commit_checkpoint
 from lakegate.sinks.tables import Granularity, TableManager
-from lakegate.sinks.writer import DataFileWriter
+from lakegate.sinks.writer import DataFileWriter, WrittenFile
 
 
 def constant_column(value: object, data_type: pa.DataType, length: int) -> pa.Array:
@@ -123,6 +123,11 @@ class OpenCheckpoint:
         """Step 2's end: finish every data file."""
         return {table: writer.close() for table, writer in self.writers.items()}
 
+    @property
+    def written(self) -> dict[str, WrittenFile]:
+        """Footer and size of every finished data file, by path (step 4 builds its entries from them)."""
+        return {path: footer for writer in self.writers.values() for path, footer in writer.written.items()}
+
 
 def run_protocol(
     checkpoint: OpenCheckpoint,
@@ -152,7 +157,15 @@ def run_protocol(
     state.put_pending(record)
     maybe_crash("after_pending")
     # Steps 4 and 5 are exactly what recovery repeats.
-    finish_pending(record, state=state, tables=checkpoint.tables, pipeline=checkpoint.pipeline, acknowledge=acknowledge)
+    finish_pending(
+        record,
+        state=state,
+        tables=checkpoint.tables,
+        pipeline=checkpoint.pipeline,
+        acknowledge=acknowledge,
+        written=checkpoint.written,
+        reload=False,
+    )
     return record
 
 
@@ -163,16 +176,30 @@ def finish_pending(
     tables: TableManager,
     pipeline: str,
     acknowledge: Callable[[], None],
+    written: Mapping[str, WrittenFile] | None = None,
+    reload: bool = True,
 ) -> None:
-    """Steps 4-5 for a pending record: commit each table (idempotently), mark, acknowledge."""
+    """Steps 4-5 for a pending record: commit each table (idempotently), mark, acknowledge.
+
+    Recovery reloads every table first (``reload``). The runtime's own checkpoints commit on the
+    tables as the previous checkpoint left them, with the footers their writers kept (``written``):
+    a table changed meanwhile by someone else fails the catalog's check and is reloaded then
+    (``sinks/commit.py``).
+    """
     positions = orjson.dumps(record.source_positions).decode()
     # Step 4: one Iceberg transaction per table; tables already at >= n are skipped.
     for index, (name, files) in enumerate(sorted(record.files.items())):
-        table = tables.refresh(name)
+        table = tables.refresh(name) if reload else tables.get(name)
         if table is None:
             raise ReconciliationError(f"table {name} named by pending checkpoint {record.checkpoint_id} is gone")
         commit_checkpoint(
-            table, files, pipeline=pipeline, checkpoint_id=record.checkpoint_id, source_positions=positions
+            table,
+            files,
+            pipeline=pipeline,
+            checkpoint_id=record.checkpoint_id,
+            source_positions=positions,
+            written=written,
+            refresh=False,
         )
         if index == 0:
             maybe_crash("mid_commit")

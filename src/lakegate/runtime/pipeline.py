@@ -451,7 +451,9 @@ class Pipeline:
                 if not checkpoint.empty and (due or idle):
                     self._checkpoint(checkpoint, summary)
                     checkpoint = self._open_checkpoint()
-                    opened_at = time.monotonic()
+                    # Due an interval after this cut, not after its commit (that stretched every
+                    # period, and so the end-to-end lag, by the commit time), yet read at least half one.
+                    opened_at = max(now, time.monotonic() - cp.interval / 2)
                 if on_progress and now - last_report >= 1.0:
                     last_report = now
                     on_progress(self._progress(summary, checkpoint, now - started))

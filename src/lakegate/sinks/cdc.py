@@ -18,6 +18,10 @@ stored as two Iceberg tables:
   deletes remove the key, a truncate clears everything before it, and a column the source marked
   unchanged (an unchanged TOAST value, listed in ``_lg_unchanged``) keeps the stored value.
 
+Both tables expire their older snapshots (``KEEP_SNAPSHOTS``, ``sinks/commit.py``): a changes table takes a
+commit every checkpoint, and its metadata, read by every commit and every query, would otherwise grow
+without end. The newest snapshot of each pipeline (the skip rule) and the newest watermark stay.
+
 Compaction is idempotent and safe under SIGKILL: data files are named after the target watermark and
 written before one atomic overwrite commit carrying the new watermark. A crash before the commit
 leaves the old mirror and the old watermark, so the next run merges the same changes into the same
@@ -54,7 +58,14 @@ from pyiceberg.table import Table, TableProperties
 from lakegate.core.cdc import BEFORE, OP
 from lakegate.core.deadletter import DeadLetters, Reason
 from lakegate.core.errors import ConfigError, TerminalError, TransientError
-from lakegate.sinks.commit import CHECKPOINT_PROPERTY
+from lakegate.sinks.commit import (
+    CHECKPOINT_PROPERTY,
+    KEEP_SNAPSHOTS_PROPERTY,
+    WATERMARK_PROPERTY,
+    keep_snapshots,
+    newest_first,
+    stage_expiry,
+)
 from lakegate.sinks.tables import TableManager, file_schema
 from lakegate.sinks.writer import align
 
@@ -69,7 +80,9 @@ CHANGES_SUFFIX = "__changes"
 MODE_PROPERTY = "lakegate.cdc.mode"
 KEY_PROPERTY = "lakegate.cdc.primary-key"
 CHANGES_PROPERTY = "lakegate.cdc.changes-table"
-WATERMARK_PROPERTY = "lakegate.cdc.watermark"
+KEEP_SNAPSHOTS = 10
+"""Snapshots a CDC table keeps (``lakegate.history.keep-snapshots``): a changes table takes one per
+checkpoint, and without expiry its metadata, so every commit and every read of it, grows without end."""
 
 NO_WATERMARK = -1
 """The watermark of a mirror no compaction has written yet: every change is newer."""
@@ -235,14 +248,15 @@ def ensure_cdc_tables(
     if missing:
         raise ConfigError(f"tables.{table}: primary key column(s) {missing} are not in the change rows")
     key_text = orjson.dumps(list(key_columns)).decode()
+    common = {KEY_PROPERTY: key_text, KEEP_SNAPSHOTS_PROPERTY: str(KEEP_SNAPSHOTS)}
     if mode == "changelog":
         changes = tables.ensure(table, schema, None)
-        return CdcTables(_set_properties(changes, {MODE_PROPERTY: "changelog", KEY_PROPERTY: key_text}), None)
+        return CdcTables(_set_properties(changes, {MODE_PROPERTY: "changelog", **common}), None)
     changes_name = changes_table_name(table)
     changes = tables.ensure(changes_name, schema, None)
-    changes = _set_properties(changes, {MODE_PROPERTY: "changes", KEY_PROPERTY: key_text})
+    changes = _set_properties(changes, {MODE_PROPERTY: "changes", **common})
     mirror = tables.ensure(table, mirror_schema(schema), None)
-    mirror = _set_properties(mirror, {MODE_PROPERTY: "mirror", KEY_PROPERTY: key_text, CHANGES_PROPERTY: changes_name})
+    mirror = _set_properties(mirror, {MODE_PROPERTY: "mirror", CHANGES_PROPERTY: changes_name, **common})
     return CdcTables(changes, mirror)
 
 
@@ -268,8 +282,7 @@ def key_columns_of(table: Table) -> list[str]:
 
 def mirror_watermark(mirror: Table) -> int:
     """The highest ``_lg_change_seq`` merged into the mirror (``NO_WATERMARK`` before any compaction)."""
-    snapshots = sorted(mirror.metadata.snapshots, key=lambda s: (s.sequence_number or 0, s.timestamp_ms), reverse=True)
-    for snapshot in snapshots:
+    for snapshot in newest_first(mirror.metadata):
         value = snapshot.summary.get(WATERMARK_PROPERTY) if snapshot.summary is not None else None
         if value is not None:
             return int(value)
@@ -414,7 +427,12 @@ class PendingChanges:
 
 
 def pending_changes(changes: Table, watermark: int) -> PendingChanges:
-    """Checkpoints and change rows committed to ``changes`` after ``watermark`` (metadata only)."""
+    """Checkpoints and change rows committed to ``changes`` after ``watermark`` (metadata only).
+
+    Counted from the snapshots still kept: once expiry (``lakegate.history.keep-snapshots``) dropped
+    some of them it counts fewer, which can only delay a compaction the runtime schedules after a
+    restart (from then on it counts what each checkpoint lands in memory).
+    """
     merged_checkpoint = decode_sequence(watermark)[0] if watermark >= 0 else -1
     checkpoints, rows = 0, 0
     for snapshot in changes.metadata.snapshots:
@@ -565,6 +583,7 @@ def _commit_overwrite(mirror: Table, files: list[str], watermark: int, changes: 
                             overwrite.delete_data_file(task.file)
                     for path in files:
                         overwrite.append_data_file(parquet_file_to_data_file(mirror.io, txn.table_metadata, path))
+                stage_expiry(txn, mirror.metadata, keep_snapshots(mirror), batch=1)
             return "compacted"
         except CommitFailedException as err:
             if attempt == 4:

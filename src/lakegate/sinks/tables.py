@@ -65,9 +65,21 @@ def _plain_field(field: pa.Field) -> pa.Field:
     return pa.field(field.name, _plain_type(field.type), field.nullable, field.metadata)
 
 
+_FILE_SCHEMAS: dict[tuple[str, int], pa.Schema] = {}
+"""(table uuid, schema id) -> its file schema: a table schema never changes under its id, and every
+batch asks (the conversion costs more than the rest of landing a small CDC batch)."""
+
+
 def file_schema(table: Table) -> pa.Schema:
     """The Arrow schema data files of ``table`` are written with, carrying Iceberg field ids."""
-    return pa.schema([_plain_field(f) for f in schema_to_pyarrow(table.schema())])
+    metadata = table.metadata
+    key = (str(metadata.table_uuid), metadata.current_schema_id)
+    schema = _FILE_SCHEMAS.get(key)
+    if schema is None:
+        if len(_FILE_SCHEMAS) >= 1024:
+            _FILE_SCHEMAS.clear()
+        schema = _FILE_SCHEMAS[key] = pa.schema([_plain_field(f) for f in schema_to_pyarrow(table.schema())])
+    return schema
 
 
 def partition_granularity(table: Table) -> Granularity | None:
@@ -172,7 +184,19 @@ def type_signature(data_type: pa.DataType) -> str:
     return str(data_type)
 
 
+_FITTING: set[tuple[pa.Schema, pa.Schema]] = set()
+"""(table file schema, rows schema) pairs known to fit: every batch of a stream asks again."""
+
+
 def _fits(table: Table, schema: pa.Schema) -> bool:
     """True when every column of ``schema`` exists in the table with the same type."""
-    current = {f.name: type_signature(f.type) for f in file_schema(table)}
-    return all(current.get(f.name) == type_signature(f.type) for f in schema)
+    target = file_schema(table)
+    if (target, schema) in _FITTING:
+        return True
+    current = {f.name: type_signature(f.type) for f in target}
+    fits = all(current.get(f.name) == type_signature(f.type) for f in schema)
+    if fits:
+        if len(_FITTING) >= 4096:
+            _FITTING.clear()
+        _FITTING.add((target, schema))
+    return fits

@@ -1,8 +1,10 @@
 """Step 2 of the checkpoint protocol: stream rows into Parquet data files that nothing references yet.
 
 Files are written straight into the table's data location with names that carry the pipeline and
-the checkpoint id, one partition value per file (``add_files`` requires it), so that memory stays
-bounded however long a checkpoint runs and recovery can tell whose files a stray one is.
+the checkpoint id, one partition value per file (an Iceberg data file holds one partition value), so
+that memory stays bounded however long a checkpoint runs and recovery can tell whose files a stray
+one is. Each finished file keeps the footer its writer produced (:class:`WrittenFile`), so the commit
+builds the Iceberg entry from it instead of opening the file again.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import uuid
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -73,12 +76,32 @@ def align(rows: pa.Table, schema: pa.Schema) -> pa.Table:
     return pa.Table.from_arrays(arrays, schema=schema)
 
 
+@dataclass(frozen=True)
+class WrittenFile:
+    """A finished data file: its path, its size and the Parquet footer its writer produced."""
+
+    path: str
+    size: int
+    footer: pq.FileMetaData
+
+
 @dataclass
 class _OpenFile:
     path: str
     writer: pq.ParquetWriter
-    stream: object
+    stream: Any
     rows: int = 0
+
+    def finish(self) -> WrittenFile | None:
+        """Close the file; its footer and size when the output stream can tell them."""
+        self.writer.close()
+        # pyarrow keeps the footer it wrote on its inner writer; without it the commit reads the file.
+        footer = getattr(getattr(self.writer, "writer", None), "metadata", None)
+        size = self.stream.tell() if hasattr(self.stream, "tell") else None
+        self.stream.close()
+        if footer is None or not isinstance(size, int) or size <= 0:
+            return None
+        return WrittenFile(self.path, size, footer)
 
 
 @dataclass
@@ -91,6 +114,8 @@ class DataFileWriter:
     _schema: pa.Schema | None = None
     _open: dict[int, _OpenFile] = field(default_factory=dict)
     _closed: list[str] = field(default_factory=list)
+    written: dict[str, WrittenFile] = field(default_factory=dict)
+    """Path -> footer and size of every finished file (the commit builds its entries from them)."""
     _pending: deque[Future[None]] = field(default_factory=deque)
     _executor: ThreadPoolExecutor | None = None
     rows_written: int = 0
@@ -137,8 +162,9 @@ class DataFileWriter:
     def _roll(self) -> None:
         self._drain()
         for handle in self._open.values():
-            handle.writer.close()
-            handle.stream.close()  # type: ignore[attr-defined]
+            finished = handle.finish()
+            if finished is not None:
+                self.written[handle.path] = finished
             self._closed.append(handle.path)
         self._open.clear()
 
