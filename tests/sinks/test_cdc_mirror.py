@@ -552,3 +552,44 @@ def test_compactions_expire_old_mirror_snapshots_but_keep_the_watermark(warehous
     assert mirror_watermark(mirror) == result.watermark_after == encode_sequence(6, result.changes_merged - 1)
     assert as_rows(_mirror_rows(warehouse, "accounts")) == stream.expected()
     assert as_rows(read_current(warehouse.tables.catalog, "ns", "accounts")) == stream.expected()
+
+
+def _change_files(warehouse: Warehouse) -> int:
+    changes = warehouse.tables.refresh(changes_table_name("accounts"))
+    assert changes is not None
+    return len(list(changes.scan().plan_files())) if changes.current_snapshot() is not None else 0
+
+
+def test_compaction_trims_the_changes_the_previous_one_merged(warehouse: Warehouse) -> None:
+    """A changes table would otherwise gain a file per checkpoint for ever; each compaction drops the
+    files the one before it merged, and the current view stays exact throughout."""
+    keys = ("id",)
+    ensure_cdc_tables(warehouse.tables, "accounts", _change_schema(), mode="mirror", key_columns=keys)
+    catalog = warehouse.tables.catalog
+    rng = random.Random(11)
+    stream, next_id = ChangeStream(), [0]
+    reader = CurrentReader(catalog, "ns")
+
+    def checkpoints(count: int) -> None:
+        for _ in range(count):
+            random_checkpoint(stream, rng, events=rng.randrange(5, 40), next_id=next_id)
+            warehouse.commit(changes_table_name("accounts"), stream.take_events(), keys)
+            assert as_rows(reader.read("accounts")) == stream.expected()
+
+    checkpoints(3)
+    first = compact_mirror(warehouse.tables, "accounts")
+    assert first.outcome == "compacted" and first.change_files_trimmed == 0  # nothing merged before it
+    assert _change_files(warehouse) == 3
+    checkpoints(2)
+    second = compact_mirror(warehouse.tables, "accounts")
+    assert second.change_files_trimmed == 3 and _change_files(warehouse) == 2  # what the first merged
+    assert as_rows(reader.read("accounts")) == stream.expected()
+    checkpoints(1)
+    third = compact_mirror(warehouse.tables, "accounts")
+    assert third.change_files_trimmed == 2 and _change_files(warehouse) == 1
+    assert as_rows(_mirror_rows(warehouse, "accounts")) == stream.expected() == as_rows(reader.read("accounts"))
+    changes = warehouse.tables.refresh(changes_table_name("accounts"))
+    mirror = warehouse.tables.refresh("accounts")
+    assert changes is not None and mirror is not None
+    assert pending_changes(changes, mirror_watermark(mirror)).checkpoints == 0
+    reader.close()

@@ -18,6 +18,11 @@ stored as two Iceberg tables:
   deletes remove the key, a truncate clears everything before it, and a column the source marked
   unchanged (an unchanged TOAST value, listed in ``_lg_unchanged``) keeps the stored value.
 
+A compaction also drops from ``T__changes`` the files the compaction before it merged
+(:func:`trim_merged_changes`): in ``mirror`` mode the changes table is the staging area of the mirror,
+not a history (mode ``changelog`` keeps every change), and without the trim it would gain a small file
+and a manifest every checkpoint for ever, slowing every commit and every current read.
+
 Both tables expire their older snapshots (``KEEP_SNAPSHOTS``, ``sinks/commit.py``): a changes table takes a
 commit every checkpoint, and its metadata, read by every commit and every query, would otherwise grow
 without end. The newest snapshot of each pipeline (the skip rule) and the newest watermark stay.
@@ -84,6 +89,8 @@ KEEP_SNAPSHOTS = 10
 """Snapshots a CDC table keeps (``lakegate.history.keep-snapshots``): a changes table takes one per
 checkpoint, and without expiry its metadata, so every commit and every read of it, grows without end."""
 
+TRIMMED_PROPERTY = "lakegate.cdc.trimmed-through"
+"""Summary property of a changes-table snapshot that dropped the files merged up to this watermark."""
 NO_WATERMARK = -1
 """The watermark of a mirror no compaction has written yet: every change is newer."""
 OPERATIONS = ("r", "c", "u", "d", "t")
@@ -475,6 +482,7 @@ class CompactionResult:
     mirror_rows_after: int = 0
     files: list[str] = field(default_factory=list)
     stray_files_removed: int = 0
+    change_files_trimmed: int = 0
     read_s: float = 0.0
     merge_s: float = 0.0
     write_s: float = 0.0
@@ -536,6 +544,9 @@ def compact_mirror(
     clock = time.perf_counter()
     result.outcome = _commit_overwrite(mirror, result.files, target, changes_table)
     result.commit_s = time.perf_counter() - clock
+    if result.outcome == "compacted":
+        # What the previous compaction merged is now two watermarks old: no reader still needs it.
+        result.change_files_trimmed = trim_merged_changes(changes_table, watermark)
     result.watermark_after = mirror_watermark(mirror)
     result.mirror_rows_after = merged.num_rows
     result.total_s = time.perf_counter() - started
@@ -590,6 +601,42 @@ def _commit_overwrite(mirror: Table, files: list[str], watermark: int, changes: 
                 raise TransientError(f"compaction of {'.'.join(mirror.name())} kept conflicting: {err}") from err
             time.sleep(0.05 * 2**attempt)
     raise AssertionError("unreachable")
+
+
+def trim_merged_changes(changes: Table, watermark: int, attempts: int = 3) -> int:
+    """Drop from a mirror's changes table the data files whose changes are all at or below ``watermark``
+    (merged into the mirror); returns how many. Without this the changes table gains a small file and a
+    manifest every checkpoint for ever, and every commit and every current read pays for them.
+
+    Called with the watermark of the compaction *before* the one just committed: a reader holds the
+    mirror it loaded first (its watermark at least that one) and then loads the changes table, so it never
+    misses a change. A refused commit (a checkpoint committed meanwhile) is retried; after ``attempts``
+    the trim is left to the next compaction. Files are dropped from the table, not from storage.
+    """
+    if watermark < 0:
+        return 0
+    field = changes.schema().find_field(CHANGE_SEQ).field_id
+    for attempt in range(attempts):
+        changes.refresh()
+        if changes.current_snapshot() is None:
+            return 0
+        merged = []
+        for task in changes.scan().plan_files():
+            upper = (task.file.upper_bounds or {}).get(field)
+            if upper is not None and int.from_bytes(upper, "little", signed=True) <= watermark:
+                merged.append(task.file)
+        if not merged:
+            return 0
+        try:
+            with changes.transaction() as txn:
+                properties = {TRIMMED_PROPERTY: str(watermark)}
+                with txn.update_snapshot(snapshot_properties=properties).overwrite() as overwrite:
+                    for data_file in merged:
+                        overwrite.delete_data_file(data_file)
+            return len(merged)
+        except CommitFailedException:
+            time.sleep(0.05 * 2**attempt)
+    return 0
 
 
 def delete_stray_compaction_files(mirror: Table, watermark: int) -> list[str]:
