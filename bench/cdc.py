@@ -251,6 +251,8 @@ def measure_end_to_end(server: PostgresServer, args: argparse.Namespace) -> dict
         )
         probe.start()
         lags: list[float] = []
+        lag_times: list[float] = []
+        load_started = time.time()
         last = 0
         seen = 0
         polls = 0
@@ -267,6 +269,7 @@ def measure_end_to_end(server: PostgresServer, args: argparse.Namespace) -> dict
             for seq in range(seen + 1, current + 1):
                 if seq in probe.committed:
                     lags.append(now - probe.committed[seq])
+                    lag_times.append(now)
             seen = max(seen, current)
             if done and seen >= last:
                 break
@@ -291,11 +294,21 @@ def measure_end_to_end(server: PostgresServer, args: argparse.Namespace) -> dict
     def percentile(share: float) -> float | None:
         return round(ordered[min(len(ordered) - 1, int(share * len(ordered)))], 3) if ordered else None
 
+    # p99 per 30 s of load: does the lag stay put over a long run?
+    by_segment: dict[int, list[float]] = {}
+    for at, lag in zip(lag_times, lags, strict=True):
+        by_segment.setdefault(int((at - load_started) // 30), []).append(lag)
+    segment_p99 = {
+        f"{k * 30}-{k * 30 + 30}s": round(sorted(v)[min(len(v) - 1, int(0.99 * len(v)))], 3)
+        for k, v in sorted(by_segment.items())
+    }
+
     return {
         "lag_p50_s": percentile(0.50),
         "lag_p99_s": percentile(0.99),
         "lag_max_s": round(ordered[-1], 3) if ordered else None,
         "lag_samples": len(ordered),
+        "lag_p99_per_30s": segment_p99,
         "lag_polls": polls,
         "pgbench_tps": round(tps, 1),
         "pipeline_peak_rss_mb": None if peak is None else round(peak, 1),
@@ -352,6 +365,7 @@ def main(argv: list[str] | None = None) -> int:
         "bench_process_peak_rss_mb": round(peak_rss_mb, 1),
         "lag_max_s": end_to_end["lag_max_s"],
         "lag_samples": end_to_end["lag_samples"],
+        "lag_p99_per_30s": end_to_end["lag_p99_per_30s"],
         "snapshot_s": end_to_end["snapshot_s"],
         "scale": scale,
         "pgbench_seconds": seconds,
