@@ -146,13 +146,23 @@ def _state_phase(spec_path: Path) -> str | None:
 
 
 def _peak_rss_mb(pid: int) -> float | None:
+    """Peak RSS (VmHWM) of the process plus that of its children (the compaction process): a sum of
+    peaks, so an upper bound of what they held at once."""
     try:
+        total = 0.0
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
+                total += int(line.split()[1]) / 1024
     except OSError:
         return None
-    return None
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if parent == pid:
+            total += _peak_rss_mb(int(stat.parent.name)) or 0.0
+    return total
 
 
 class Probe(threading.Thread):

@@ -13,6 +13,7 @@ import random
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -28,9 +29,11 @@ from hypothesis import strategies as st
 
 from lakegate.core.cdc import BEFORE, COMMIT_POSITION, COMMIT_TIME, OP
 from lakegate.core.config import CatalogSpec
+from lakegate.core.errors import TransientError
 from lakegate.query.cdc_views import CurrentReader, CurrentSource, current_sql, read_current, register_current_views
 from lakegate.query.duckdb_reader import connect
 from lakegate.runtime.checkpoint import OpenCheckpoint, finish_pending, run_protocol
+from lakegate.runtime.compaction_worker import CompactionWorker
 from lakegate.runtime.state import StateStore
 from lakegate.sinks.catalog import open_catalog
 from lakegate.sinks.cdc import (
@@ -593,3 +596,54 @@ def test_compaction_trims_the_changes_the_previous_one_merged(warehouse: Warehou
     assert changes is not None and mirror is not None
     assert pending_changes(changes, mirror_watermark(mirror)).checkpoints == 0
     reader.close()
+
+
+def test_compaction_in_its_own_process_equals_the_reference_and_dies_with_its_parent(warehouse: Warehouse) -> None:
+    """The pipeline's background compactions run in a child process (no GIL shared with the checkpoint
+    loop); the result is the same mirror, and the child goes when its parent is killed."""
+    keys = ("id",)
+    ensure_cdc_tables(warehouse.tables, "accounts", _change_schema(), mode="mirror", key_columns=keys)
+    rng = random.Random(5)
+    stream, next_id = ChangeStream(), [0]
+    for _ in range(3):
+        random_checkpoint(stream, rng, events=40, next_id=next_id)
+        warehouse.commit(changes_table_name("accounts"), stream.take_events(), keys)
+    worker = CompactionWorker(CatalogSpec(), warehouse.root, "ns")
+    try:
+        result = worker.compact("accounts", list(keys))
+        assert result.outcome == "compacted" and result.changes_merged == 120
+        assert as_rows(_mirror_rows(warehouse, "accounts")) == stream.expected()
+        again = worker.compact("accounts", list(keys))  # the same long-lived child, nothing new
+        assert again.outcome == "nothing_new"
+        with pytest.raises(TransientError, match="failed"):
+            worker.compact("no_such_table", list(keys))
+    finally:
+        worker.close()
+
+    parent = subprocess.Popen(
+        [sys.executable, "-c", _WORKER_PARENT, str(warehouse.root)], stdout=subprocess.PIPE, text=True
+    )
+    assert parent.stdout is not None
+    child = int(parent.stdout.readline())
+    os.kill(parent.pid, 9)
+    parent.wait(timeout=30)
+    for _ in range(100):
+        if not Path(f"/proc/{child}").exists() or "Z" in Path(f"/proc/{child}/stat").read_text().split()[2]:
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError("the compaction process outlived its killed parent")
+
+
+_WORKER_PARENT = textwrap.dedent(
+    """
+    import sys, time
+    from pathlib import Path
+    from lakegate.core.config import CatalogSpec
+    from lakegate.runtime.compaction_worker import CompactionWorker
+
+    worker = CompactionWorker(CatalogSpec(), Path(sys.argv[1]), "ns")
+    print(worker.pid, flush=True)
+    time.sleep(60)
+    """
+)

@@ -40,6 +40,7 @@ from lakegate.core.errors import ConfigError, TerminalError
 from lakegate.core.types import type_to_str
 from lakegate.normalize.stage import NormalizedBatch, Normalizer
 from lakegate.runtime.checkpoint import OpenCheckpoint
+from lakegate.runtime.compaction_worker import CompactionWorker
 from lakegate.runtime.faults import maybe_crash
 from lakegate.runtime.state import CheckpointRecord
 from lakegate.schema.dsl import Cast, FieldMapping, Program
@@ -621,17 +622,27 @@ class Compactor:
     with changes, or more changes than ``policy.max_change_share`` of the mirror's rows and at least
     ``min_share_rows`` (small mirrors would otherwise be rewritten after every checkpoint).
 
-    It has its own catalog handle (pyiceberg tables are not shared across threads). A compaction is
-    idempotent and crash-safe (``sinks/cdc.compact_mirror``), so a SIGKILL mid-way only costs redoing it.
+    It has its own catalog handle (pyiceberg tables are not shared across threads); given a ``worker``
+    factory, its background passes compact in that child process instead (``runtime/compaction_worker``:
+    no GIL shared with the checkpoint loop). A compaction is idempotent and crash-safe
+    (``sinks/cdc.compact_mirror``), so a SIGKILL mid-way only costs redoing it.
     ``LAKEGATE_FAULT=compact_before_commit`` kills the process after the new mirror files are written, before
     their commit.
     """
 
     def __init__(
-        self, tables: Callable[[], TableManager], policy: CompactionPolicy, *, min_share_rows: int = 50_000
+        self,
+        tables: Callable[[], TableManager],
+        policy: CompactionPolicy,
+        *,
+        min_share_rows: int = 50_000,
+        worker: Callable[[], CompactionWorker] | None = None,
     ) -> None:
         self._tables_factory = tables
         self._tables: TableManager | None = None
+        self._worker_factory = worker
+        self._worker: CompactionWorker | None = None
+        """Background passes compact in this child process when given (see runtime/compaction_worker.py)."""
         self.policy = policy
         self.min_share_rows = min_share_rows
         self._thread: threading.Thread | None = None
@@ -698,7 +709,8 @@ class Compactor:
                 return None
         with self._lock:
             noted = list(self._pending[table])
-        result = compact_mirror(tables, table, key, before_commit=lambda: maybe_crash("compact_before_commit"))
+        background = not force and threading.current_thread() is self._thread
+        result = self._compact(tables, table, key, in_background=background)
         with self._lock:  # changes noted while it ran may not be in it: they stay counted
             counts = self._pending[table]
             if result.outcome == "nothing_new":
@@ -713,9 +725,19 @@ class Compactor:
         self.results.append(result)
         return result
 
+    def _compact(self, tables: TableManager, table: str, key: list[str], *, in_background: bool) -> CompactionResult:
+        if not in_background or self._worker_factory is None:
+            return compact_mirror(tables, table, key, before_commit=lambda: maybe_crash("compact_before_commit"))
+        if self._worker is None or not self._worker.alive:
+            self._worker = self._worker_factory()
+        return self._worker.compact(table, key)
+
     def wait(self, timeout: float | None = None) -> None:
         if self._thread is not None:
             self._thread.join(timeout)
 
     def close(self) -> None:
         self.wait()
+        if self._worker is not None:
+            self._worker.close()
+            self._worker = None

@@ -27,14 +27,19 @@ STEPS = (
 _seen: Counter[str] = Counter()
 
 
-def maybe_crash(step: str) -> None:
-    """Kill this process with SIGKILL if ``LAKEGATE_FAULT`` names this step (and occurrence)."""
+def fault_fires(step: str) -> bool:
+    """Whether ``LAKEGATE_FAULT`` names this step and this is the occurrence it names."""
     wanted = os.environ.get("LAKEGATE_FAULT")
     if not wanted:
-        return
+        return False
     name, _, occurrence = wanted.partition("@")
     if name != step:
-        return
+        return False
     _seen[step] += 1
-    if _seen[step] >= int(occurrence or 1):
+    return _seen[step] >= int(occurrence or 1)
+
+
+def maybe_crash(step: str) -> None:
+    """Kill this process with SIGKILL if ``LAKEGATE_FAULT`` names this step (and occurrence)."""
+    if fault_fires(step):
         os.kill(os.getpid(), signal.SIGKILL)

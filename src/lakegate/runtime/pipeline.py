@@ -17,6 +17,7 @@ from lakegate.normalize.stage import NormalizedBatch, Normalizer
 from lakegate.runtime.cdc import STATE_KEY as CDC_STATE_KEY
 from lakegate.runtime.cdc import CdcRuntime, Compactor
 from lakegate.runtime.checkpoint import Counts, OpenCheckpoint, finish_pending, run_protocol
+from lakegate.runtime.compaction_worker import CompactionWorker
 from lakegate.runtime.governance import Governance, quarantine, stored_rows_lookup
 from lakegate.runtime.state import CheckpointRecord, StateStore
 from lakegate.schema.llm_proposer import LLMProposer
@@ -185,7 +186,11 @@ class Pipeline:
         policy = CompactionPolicy(
             every_checkpoints=spec.checkpoint.compact_every, max_change_share=spec.checkpoint.compact_share
         )
-        compactor = Compactor(lambda: TableManager(open_catalog(spec.catalog, spec.data_dir), spec.namespace), policy)
+        compactor = Compactor(
+            lambda: TableManager(open_catalog(spec.catalog, spec.data_dir), spec.namespace),
+            policy,
+            worker=lambda: CompactionWorker(spec.catalog, spec.data_dir, spec.namespace),
+        )
         return CdcRuntime(spec, self.tables, registry, compactor)
 
     def _operator_state(self) -> dict[str, bytes]:
