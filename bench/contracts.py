@@ -96,8 +96,8 @@ TARGETS = {"lakegate_rows_per_s": 2_000_000, "vs_gx": 10.0, "vs_pandera": 2.0}
 RESULT_PREFIX = "RESULT "
 SAME_ALLOCATOR = {"MALLOC_MMAP_THRESHOLD_": str(1 << 30), "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
 """glibc's environment form of what ``lakegate.core.memory.keep_freed_memory`` sets: big freed arrays stay
-in the heap instead of being unmapped and faulted in again. pandas (GX, pandera) gains from it as well,
-so the peers get it too."""
+in the heap instead of being unmapped and faulted in again. pandas (GX, pandera) makes big temporaries
+too, so the peers get the same settings."""
 GX_PAIR_SET_ROWS = 20_000
 QUICK_GX_PAIR_SET_ROWS = 2_000
 
