@@ -238,7 +238,13 @@ def test_schema_changes_split_batches(pg_server: str, closing: Callable[..., Any
         "INSERT INTO ddl_t VALUES (6, 6, 'u', NULL)",
     )
     batches = collect(source, 6)
-    shapes = [(b.records.column_names[:-4], [r["id"] for r in b.records.to_pylist()]) for b in batches]
+    shapes: list[tuple[list[str], list[int]]] = []
+    for batch in batches:
+        columns, ids = batch.records.column_names[:-4], [r["id"] for r in batch.records.to_pylist()]
+        if shapes and shapes[-1][0] == columns and not batch.schema_changes:
+            shapes[-1][1].extend(ids)  # one shape that two polls happened to read (timing, not DDL)
+        else:
+            shapes.append((columns, ids))
     assert shapes == [
         (["id", "a", "b", "c"], [1]),
         (["id", "a", "b", "c", "d"], [2]),
@@ -246,16 +252,17 @@ def test_schema_changes_split_batches(pg_server: str, closing: Callable[..., Any
         (["id", "a", "b", "d"], [4]),
         (["id", "a", "label", "d"], [5, 6]),
     ]
-    changes = [b.schema_changes for b in batches]
-    assert changes[0] == []
-    added, dropped, retyped, renamed = (c[0] for c in changes[1:])
+    assert batches[0].schema_changes == []
+    changed = [b for b in batches if b.schema_changes]
+    assert [[r["id"] for r in b.records.to_pylist()][0] for b in changed] == [2, 3, 4, 5]
+    added, dropped, retyped, renamed = (b.schema_changes[0] for b in changed)
     assert [(c.kind, c.column, c.new_type) for c in added.changes] == [("column_added", "d", "date")]
-    assert added.position == batches[1].records.column(COMMIT_POSITION)[0].as_py()  # same transaction as row 1
+    assert added.position == changed[0].records.column(COMMIT_POSITION)[0].as_py()  # same transaction as row 1
     assert [(c.kind, c.column, c.old_type) for c in dropped.changes] == [("column_dropped", "c", "int")]
     assert [(c.kind, c.column, c.old_type, c.new_type) for c in retyped.changes] == [
         ("column_retyped", "a", "int", "long")
     ]
-    assert batches[3].records.schema.field("a").type == "int64"
+    assert changed[2].records.schema.field("a").type == "int64"
     assert [(c.kind, c.column, c.old_name) for c in renamed.changes] == [("column_renamed", "label", "b")]
     assert renamed.primary_key == ["id"] and renamed.before["b"] == "string" and "label" in renamed.after
 
