@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from lakegate.contracts.api import Alert, alerts_of_windows
-from lakegate.contracts.encodings import ENCODINGS
+from lakegate.contracts.encodings import ENCODINGS, is_string_type
 from lakegate.contracts.model import Rule
 from lakegate.contracts.sketches import ColumnProfile, numbers
 
@@ -289,10 +289,6 @@ def _sorted_rows(grid: np.ndarray, valid: np.ndarray | None) -> np.ndarray:
     return out
 
 
-def _is_text(data_type: pa.DataType) -> bool:
-    return pa.types.is_string(data_type) or pa.types.is_large_string(data_type)
-
-
 def _window_histogram(
     bins: np.ndarray, width: int, valid: np.ndarray | None, windows: int, size: int
 ) -> np.ndarray:
@@ -313,7 +309,7 @@ def _psi_windows(
     except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError):
         value_set = pa.array([str(v) for v in known])
         column = pc.cast(column, pa.string())
-    if _is_text(column.type) and len(column) > len(known):
+    if is_string_type(column.type) and len(column) > len(known):
         # each distinct string looked up once, through the batch's shared encoding of the column
         dictionary, indices = ENCODINGS.get(pa.chunked_array([column]))
         codes = pc.fill_null(pc.index_in(dictionary, value_set=value_set), len(known))

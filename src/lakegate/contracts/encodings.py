@@ -16,6 +16,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 
+def is_string_type(data_type: pa.DataType) -> bool:
+    """Whether a column of this type is one the shared encodings serve (string or large string)."""
+    return pa.types.is_string(data_type) or pa.types.is_large_string(data_type)
+
+
 class Encodings:
     """Dictionary encodings of the string columns of recent batches, shared by the rules on a column.
 

@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from lakegate.contracts.encodings import ENCODINGS
+from lakegate.contracts.encodings import ENCODINGS, is_string_type
 from lakegate.contracts.sketches import numbers
 
 SYSTEM_PREFIX = "_lg_"
@@ -83,10 +83,6 @@ class IntegerIndex:
         return np.asarray(out)
 
 
-def _is_text(data_type: pa.DataType) -> bool:
-    return pa.types.is_string(data_type) or pa.types.is_large_string(data_type)
-
-
 def codes_of(
     column: pa.ChunkedArray | pa.Array, values: pa.Array, index: IntegerIndex | None = None, *, shared: bool = True
 ) -> np.ndarray:
@@ -95,7 +91,7 @@ def codes_of(
         codes = index.codes(column)
         if codes is not None:
             return codes
-    if shared and _is_text(column.type) and len(column) > len(values):
+    if shared and is_string_type(column.type) and len(column) > len(values):
         # each distinct string once, through the batch's shared encoding of this column
         chunked = column if isinstance(column, pa.ChunkedArray) else pa.chunked_array([column])
         dictionary, indices = ENCODINGS.get(chunked)
