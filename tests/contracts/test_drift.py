@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -228,8 +229,7 @@ def test_screening_many_windows_gives_the_per_window_values(rules: dict[str, Rul
     )
     screened = drift.window_values(metric, rule.params["baseline"], block.column(column).combine_chunks(), WINDOW)
     exact = [
-        drift.measure(metric, rule.params["baseline"], block.column(column).slice(i * WINDOW, WINDOW))
-        for i in range(3)
+        drift.measure(metric, rule.params["baseline"], block.column(column).slice(i * WINDOW, WINDOW)) for i in range(3)
     ]
     assert screened == pytest.approx([m.value for m in exact if m is not None], rel=1e-9, abs=1e-12)
     assert screened[1] > 10 * max(screened[0], screened[2])
@@ -249,8 +249,8 @@ def test_a_checker_raises_the_same_alerts_over_many_windows_as_window_by_window(
 @pytest.mark.parametrize(
     ("span", "windows"),
     [
-        ((-300, 2400), 30),  # counting sort
-        ((-30000, 30000), 300),  # too many counters: int16 sort
+        ((-300, 2400), 30),  # int16 sort
+        ((-30000, 30000), 300),  # int16 sort
         ((32000, 32767), 30),  # next to the int16 null sentinel
         ((-(2**20), 2**22), 30),  # float32 sort
         ((-(2**40), 2**40), 30),  # float64 sort
@@ -258,9 +258,72 @@ def test_a_checker_raises_the_same_alerts_over_many_windows_as_window_by_window(
 )
 @pytest.mark.parametrize("nulls", [False, True])
 def test_windows_sort_in_a_narrow_type_exactly(span: tuple[int, int], windows: int, nulls: bool) -> None:
-    """Counting, int16 and float32 sorts give exactly the float64 sort, nulls last as NaN."""
+    """int16 and float32 sorts give exactly the float64 sort, nulls last as NaN."""
     rng = np.random.default_rng(span[1] % 97)
     grid = rng.integers(span[0], span[1], (windows, 400), dtype=np.int64)
     valid = rng.random(grid.shape) > 0.1 if nulls else None
     expected = np.sort(np.where(valid if valid is not None else True, grid.astype(np.float64), np.nan), axis=1)
     np.testing.assert_array_equal(drift._sorted_rows(grid, valid), expected)
+
+
+@pytest.mark.parametrize("metric", ["jensen_shannon", "wasserstein"])
+@pytest.mark.parametrize("low", [-300, 0, 2**40])
+def test_counted_windows_screen_like_sorted_windows(metric: str, low: int, monkeypatch: Any) -> None:
+    """Integers over a small span are counted per value, not sorted: the same numbers, bit for bit,
+    with nulls, a window of nulls only, edges on, between and beyond the values, and one distinct value."""
+    rng = np.random.default_rng(low % 89)
+    windows, size = 12, 300
+    values = low + rng.integers(0, 200, windows * size)
+    values[5 * size : 6 * size] = low + 7  # one distinct value
+    mask = rng.random(windows * size) < 0.15
+    mask[2 * size : 3 * size] = True  # no values at all
+    column = pa.array(values, mask=mask)
+    if metric == "jensen_shannon":
+        edges = [low - 5.0, low + 3.0, low + 3.5, low + 7.0, low + 100.25, low + 199.0, low + 500.0]
+        baseline: dict[str, Any] = {"edges": edges, "probs": [1 / (len(edges) + 1)] * (len(edges) + 1)}
+    else:
+        ranks = list(drift.WASSERSTEIN_RANKS)
+        baseline = {"ranks": ranks, "quantiles": [low + 200.0 * r for r in ranks], "iqr": 100.0}
+    drift.forget_sorted_windows()
+    counted = drift.window_values(metric, baseline, column, size)
+    assert drift._SORTED["sorted"].cumulative is not None
+    drift.forget_sorted_windows()
+    monkeypatch.setattr(drift, "COUNTING_SORT_SLOTS", 0)
+    sorted_ = drift.window_values(metric, baseline, column, size)
+    assert drift._SORTED["sorted"].grid is not None
+    drift.forget_sorted_windows()
+    np.testing.assert_array_equal(counted, sorted_)
+    assert np.isnan(counted[2]) and not np.isnan(counted[5])
+
+
+@pytest.mark.parametrize("unsigned", [pa.uint8(), pa.uint32(), pa.uint64()])
+@pytest.mark.parametrize("metric", ["jensen_shannon", "wasserstein"])
+def test_unsigned_columns_screen_like_signed_ones(unsigned: pa.DataType, metric: str) -> None:
+    """Unsigned integers (MySQL's UNSIGNED columns) get the windows' values of the same numbers as
+    int64; uint64 arithmetic with int64 offsets turned to float once and crashed the check."""
+    rng = np.random.default_rng(3)
+    size = 200
+    values = rng.integers(0, 200, 6 * size)
+    mask = rng.random(len(values)) < 0.1
+    edges = [3.0, 50.5, 120.0, 199.0]
+    baseline: dict[str, Any] = {"edges": edges, "probs": [0.2] * 5}
+    if metric == "wasserstein":
+        ranks = list(drift.WASSERSTEIN_RANKS)
+        baseline = {"ranks": ranks, "quantiles": [200.0 * r for r in ranks], "iqr": 100.0}
+    drift.forget_sorted_windows()
+    signed = drift.window_values(metric, baseline, pa.array(values, mask=mask), size)
+    drift.forget_sorted_windows()
+    got = drift.window_values(metric, baseline, pa.array(values, mask=mask, type=unsigned), size)
+    drift.forget_sorted_windows()
+    np.testing.assert_array_equal(got, signed)
+
+
+def test_uint64_beyond_int64_is_sorted_not_counted() -> None:
+    """uint64 values above 2**63 cannot be counted in int64: they take the sorting path, without error."""
+    values = np.full(400, 2**63 + 10, dtype=np.uint64) + np.arange(400, dtype=np.uint64) % 7
+    baseline: dict[str, Any] = {"edges": [1.0, 2.0**63 + 13], "probs": [0.3, 0.3, 0.4]}
+    drift.forget_sorted_windows()
+    counts = drift.window_values("jensen_shannon", baseline, pa.array(values, type=pa.uint64()), 200)
+    assert drift._SORTED["sorted"].grid is not None
+    drift.forget_sorted_windows()
+    assert np.isfinite(counts).all()

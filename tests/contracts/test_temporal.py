@@ -328,6 +328,35 @@ def test_flights_windows_and_duplicates() -> None:
     assert np.flatnonzero(flagged).tolist() == np.flatnonzero(order >= test.num_rows).tolist()
 
 
+@pytest.mark.parametrize("block", [3, 1 << 16])
+def test_row_hashes_fold_every_column_like_hash_array(block: int, monkeypatch: Any) -> None:
+    """Blocks of rows hash as the whole column would: the polynomial over each column's hash_array
+    words, nulls (in 64-bit and other columns, strings, several chunks) standing for a constant."""
+    from lakegate.contracts import hashing
+
+    monkeypatch.setattr(hashing, "ROW_BLOCK", block)
+    rng = np.random.default_rng(11)
+    n = 50
+    mask = rng.random(n) < 0.2
+    table = pa.table(
+        {
+            "i": pa.array(rng.integers(-5, 5, n), mask=mask),
+            "t": pa.array(rng.integers(0, 10**15, n), type=pa.timestamp("us", "UTC")),
+            "s": pa.array([None if m else f"v{i % 7}" * (i % 3) for i, m in enumerate(rng.random(n) < 0.1)]),
+            "f": pa.array(rng.normal(size=n), mask=rng.random(n) < 0.1),
+            "small": pa.array(rng.integers(0, 3, n), type=pa.int8()),
+        }
+    )
+    chunked = pa.Table.from_batches(table.to_batches(max_chunksize=17))
+    columns = ["i", "t", "s", "f", "small"]
+    expected = np.full(n, np.uint64(len(columns)), dtype=np.uint64)
+    for name in columns:
+        expected = expected * hashing._M1 + hashing.hash_array(table.column(name).combine_chunks())
+    expected = hashing.mix(expected)
+    assert row_hashes(table, columns).tolist() == expected.tolist()
+    assert row_hashes(chunked, columns).tolist() == expected.tolist()
+
+
 def test_a_key_hashes_the_same_whatever_else_is_in_its_batch() -> None:
     """A string's hash must not depend on the longest string next to it (duplicates across batches)."""
     from lakegate.contracts.hashing import row_hashes
@@ -353,13 +382,20 @@ def test_grouped_order_sorts_by_hash_then_row(spread: int, partition_rows: int, 
     assert ordered.tolist() == hashes[expected].tolist()
 
 
-def test_key_window_matches_a_row_by_row_reference() -> None:
-    """Duplicates within and across batches, exactly as a dictionary of last-seen times says."""
+@pytest.mark.parametrize("prefix_rows", [1 << 16, 0])
+@pytest.mark.parametrize("shared_prefixes", [False, True])
+def test_key_window_matches_a_row_by_row_reference(prefix_rows: int, shared_prefixes: bool, monkeypatch: Any) -> None:
+    """Duplicates within and across batches, exactly as a dictionary of last-seen times says; also when
+    only rows sharing a hash prefix are grouped (``prefix_rows`` 0), and when many distinct keys share
+    their top 32 bits (and their top 22: the state's look-up table)."""
+    monkeypatch.setattr(duplicates, "PREFIX_FILTER_ROWS", prefix_rows)
     rng = np.random.default_rng(7)
     keys = KeyWindow(window_s=100, retention_s=10_000, keep_rows=10**6)
     last_seen: dict[int, int] = {}
     for batch in range(4):
         hashes = rng.integers(0, 3000, 5000, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+        if shared_prefixes:  # 3000 keys over 40 prefixes, the top bit set on some
+            hashes = (hashes % np.uint64(40) << np.uint64(32)) + (hashes >> np.uint64(40)) + np.uint64(2**63)
         times = (batch * 50 + rng.integers(0, 400, 5000)) * 1_000_000
         got = keys.check(hashes, times)
         expected = []

@@ -578,6 +578,12 @@ def _bool_mask(values: pa.Array | pa.ChunkedArray) -> np.ndarray:
     return np.asarray(values.fill_null(False).to_numpy(zero_copy_only=False), dtype=bool)
 
 
+def _per_row(per_value: np.ndarray, indices: np.ndarray) -> np.ndarray:
+    """A verdict per distinct value as one per row (index -1, a null, passes); no gather when no value
+    fails, the usual case."""
+    if not per_value.any():
+        return np.zeros(len(indices), dtype=bool)
+    return np.asarray(np.append(per_value, False)[indices])
 
 
 class _ColumnChecker:
@@ -605,8 +611,9 @@ class _ColumnChecker:
         if column is None:
             return self._pass(rows)
         dictionary, indices = ENCODINGS.get(column)
-        per_value = np.append(np.asarray(bad(dictionary), dtype=bool), False)  # index -1: null passes
-        return RowCheck(self.rule, per_value[indices], _array(column), self.threshold)
+        return RowCheck(
+            self.rule, _per_row(np.asarray(bad(dictionary), dtype=bool), indices), _array(column), self.threshold
+        )
 
     def check(self, rows: pa.Table) -> RowCheck:
         raise NotImplementedError
@@ -703,7 +710,7 @@ class AllowedValuesChecker(_ColumnChecker):
                 for i in np.flatnonzero(unknown).tolist():
                     if counts[i] and self._sighted(names[i], float(counts[i]) * density):
                         unknown[i] = False
-            failed = np.append(unknown, False)[indices]
+            failed = _per_row(unknown, indices)
         else:
             try:
                 known = self._known(value_type)

@@ -190,7 +190,7 @@ def measure(metric: str, baseline: dict[str, Any], column: pa.ChunkedArray) -> M
     return Measurement(metric, value, len(x), evidence)
 
 
-SCREEN_MARGIN = 0.999
+SCREEN_FACTOR = 0.999
 """Windows whose screened value is within this factor of the threshold are measured exactly."""
 
 
@@ -201,22 +201,62 @@ def window_values(metric: str, baseline: dict[str, Any], column: pa.Array, size:
     2-D histogram or one sort per window instead of a Python call per window.
     """
     windows = len(column) // size
-    valid = None if column.null_count == 0 else np.asarray(column.is_valid().to_numpy(zero_copy_only=False))
     if metric == "psi":
+        valid = None if column.null_count == 0 else np.asarray(column.is_valid().to_numpy(zero_copy_only=False))
         return _psi_windows(baseline, column, valid, windows, size)
-    grid, n = sorted_windows(column, size)
+    ordered = sorted_windows(column, size)
+    n = ordered.n
     if metric == "jensen_shannon":
         edges = np.asarray(baseline["edges"], dtype=np.float64)
-        at_or_below = np.stack([np.searchsorted(grid[w, : n[w]], edges, side="right") for w in range(windows)])
-        counts = np.diff(np.column_stack([np.zeros(windows), at_or_below, n]), axis=1)
+        counts = np.diff(np.column_stack([np.zeros(windows), ordered.at_or_below(edges), n]), axis=1)
         return _js_rows(np.asarray(baseline["probs"], dtype=np.float64), counts)
     ranks = np.asarray(baseline["ranks"], dtype=np.float64)
     at = np.clip(np.ceil(np.outer(n, ranks)).astype(np.int64) - 1, 0, None)  # inverted_cdf
     at = np.minimum(at, np.maximum(n - 1, 0)[:, None])
-    window_quantiles = np.take_along_axis(grid, at, axis=1)
-    diff = np.abs(window_quantiles - np.asarray(baseline["quantiles"], dtype=np.float64))
+    diff = np.abs(ordered.values_at(at) - np.asarray(baseline["quantiles"], dtype=np.float64))
     out = diff.mean(axis=1) / float(baseline["iqr"])
     return np.where(n > 0, out, np.nan)
+
+
+@dataclass
+class SortedWindows:
+    """Each window's non-null values in order: sorted rows (``grid``, nulls as trailing NaN) or, for
+    integers over a small span, how many values of each window are at most ``low + i`` (``cumulative``,
+    a row per window), which answers the same questions without laying out every value."""
+
+    n: np.ndarray
+    """Non-null values per window."""
+    grid: np.ndarray | None = None
+    cumulative: np.ndarray | None = None
+    low: int = 0
+
+    def at_or_below(self, edges: np.ndarray) -> np.ndarray:
+        """Values of each window at most each edge (a row per window)."""
+        if self.cumulative is None:
+            assert self.grid is not None
+            return np.stack(
+                [np.searchsorted(self.grid[w, : self.n[w]], edges, side="right") for w in range(len(self.n))]
+            )
+        span = self.cumulative.shape[1]
+        floor = np.floor(np.nan_to_num(edges, nan=np.inf))  # integers: v <= e iff v <= floor(e)
+        slot = np.clip(floor - self.low, -1, span - 1).astype(np.int64)
+        padded = np.column_stack([np.zeros(len(self.n), dtype=np.int64), self.cumulative])
+        return np.ascontiguousarray(padded[:, slot + 1])  # the grid's layout: sums add up alike
+
+    def values_at(self, at: np.ndarray) -> np.ndarray:
+        """Each window's ``at[w, j]``-th smallest value (0-based; at < n[w]; a window without values
+        gives an arbitrary number)."""
+        if self.cumulative is None:
+            assert self.grid is not None
+            return np.take_along_axis(self.grid, at, axis=1)
+        windows, span = self.cumulative.shape
+        # rows made one ascending run (row w shifted past every count of the rows before), so one
+        # search finds in each window the first value whose cumulative count exceeds ``at``
+        stride = int(self.n.max(initial=0)) + 1
+        shift = np.arange(windows, dtype=np.int64)[:, None] * stride
+        found = np.searchsorted((self.cumulative + shift).ravel(), (at + 1 + shift).ravel(), side="left")
+        slot = found.reshape(at.shape) - np.arange(windows, dtype=np.int64)[:, None] * span
+        return (slot + self.low).astype(np.float64)
 
 
 _SORTED: dict[str, Any] = {}
@@ -228,50 +268,59 @@ def forget_sorted_windows() -> None:
     _SORTED.clear()
 
 
-def sorted_windows(column: pa.Array, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Each ``size``-row window's values sorted (a row per window, nulls as trailing NaN) and their count.
+COUNTING_SORT_SLOTS = 1 << 24
+"""Integer windows are counted per value when (value span x windows) stays within this many counters."""
+
+
+def sorted_windows(column: pa.Array, size: int) -> SortedWindows:
+    """Each ``size``-row window's values in order.
 
     Memoized for the last column: the memo holds the array, so its buffer (the key) stays alive.
     """
     buffers = column.buffers()
     key = (buffers[-1].address if buffers[-1] is not None else 0, column.offset, len(column), str(column.type), size)
     if _SORTED.get("key") == key:
-        return _SORTED["grid"], _SORTED["n"]
+        return _SORTED["sorted"]
     windows = len(column) // size
     values, valid = numbers(column)
-    raw = values[: windows * size]
+    raw = values[: windows * size].reshape(windows, size)
     mask = None if valid is None else valid[: windows * size].reshape(windows, size)
-    grid = _sorted_rows(raw.reshape(windows, size), mask)  # NaN (null) last
-    n = np.sum(~np.isnan(grid), axis=1)
-    _SORTED.update(key=key, column=column, grid=grid, n=n)
-    return grid, n
+    out = _counted_rows(raw, mask)
+    if out is None:
+        grid = _sorted_rows(raw, mask)  # NaN (null) last
+        out = SortedWindows(n=np.sum(~np.isnan(grid), axis=1), grid=grid)
+    _SORTED.update(key=key, column=column, sorted=out)
+    return out
 
 
-COUNTING_SORT_SLOTS = 1 << 24
-"""Integer windows are counting-sorted when (value span x windows) stays within this many counters."""
+def _counted_rows(grid: np.ndarray, valid: np.ndarray | None) -> SortedWindows | None:
+    """Integers over a small span (clock times, delays, distances): one count per (window, value),
+    cumulated; None for other columns."""
+    if not grid.size or grid.dtype.kind not in "iu":
+        return None
+    low, high = int(grid.min()), int(grid.max())  # null slots' arbitrary values included: still safe
+    windows, _ = grid.shape
+    span = high - low + 2  # every value in [low, high], and a last slot for null
+    if span * windows > COUNTING_SORT_SLOTS or high > np.iinfo(np.int64).max:
+        return None
+    grid = grid.astype(np.int64, copy=False)  # unsigned: int64 arithmetic below (uint64 + int64 is float)
+    first = (np.arange(windows, dtype=np.int64) * span)[:, None]  # each window's first counter
+    slots = grid + (first - low)
+    if valid is not None:
+        np.copyto(slots, first + (span - 1), where=~valid)
+    counts = np.bincount(slots.ravel(), minlength=windows * span).reshape(windows, span)
+    cumulative = np.cumsum(counts[:, :-1], axis=1)
+    return SortedWindows(n=cumulative[:, -1].copy(), cumulative=cumulative, low=low)
 
 
 def _sorted_rows(grid: np.ndarray, valid: np.ndarray | None) -> np.ndarray:
     """Each row sorted, as float64 with nulls (``valid`` False) as trailing NaN.
 
-    Integers over a small span (clock times, delays, distances) are counting-sorted; other integers are
-    sorted in the narrowest type that holds them exactly (numpy's SIMD sorts: int16 ~2.5x, float32
-    ~2x float64), nulls as a sentinel above them.
+    Integers are sorted in the narrowest type that holds them exactly (numpy's SIMD sorts: int16 ~2.5x,
+    float32 ~2x float64), nulls as a sentinel above them.
     """
     if grid.size and grid.dtype.kind in "iu":
         low, high = int(grid.min()), int(grid.max())  # null slots' arbitrary values included: still safe
-        windows, size = grid.shape
-        span = high - low + 2  # every value in [low, high], and a last slot for null
-        if span * windows <= COUNTING_SORT_SLOTS:
-            # counting sort: how often each value occurs per window, then each value repeated that often
-            slots = grid - low
-            if valid is not None:
-                slots[~valid] = span - 1
-            slots += (np.arange(windows, dtype=np.int64) * span)[:, None]
-            counts = np.bincount(slots.ravel(), minlength=windows * span)
-            per_slot = np.arange(low, low + span, dtype=np.float64)
-            per_slot[-1] = np.nan
-            return np.repeat(np.tile(per_slot, windows), counts).reshape(windows, size)
         for narrow, top in ((np.int16, 2**15 - 1), (np.float32, 2**24)):
             if -top <= low and high < top:
                 packed = grid.astype(narrow)
@@ -289,13 +338,15 @@ def _sorted_rows(grid: np.ndarray, valid: np.ndarray | None) -> np.ndarray:
     return out
 
 
-def _window_histogram(
-    bins: np.ndarray, width: int, valid: np.ndarray | None, windows: int, size: int
-) -> np.ndarray:
-    window = np.repeat(np.arange(windows, dtype=np.int64), size)
-    weights = None if valid is None else valid[: windows * size].astype(np.float64)
-    flat = np.bincount(window * width + bins[: windows * size], weights=weights, minlength=windows * width)
-    return flat.reshape(windows, width)
+def _window_histogram(bins: np.ndarray, width: int, valid: np.ndarray | None, windows: int, size: int) -> np.ndarray:
+    """How many rows of each window fall in each of ``width`` bins; rows in bin ``width`` or not
+    ``valid`` are not counted."""
+    first = (np.arange(windows, dtype=np.int64) * (width + 1))[:, None]  # each window's first counter
+    slots = bins[: windows * size].reshape(windows, size) + first
+    if valid is not None:
+        np.copyto(slots, first + width, where=~valid[: windows * size].reshape(windows, size))
+    counts = np.bincount(slots.ravel(), minlength=windows * (width + 1))
+    return counts.reshape(windows, width + 1)[:, :width]
 
 
 def _psi_windows(
@@ -314,9 +365,8 @@ def _psi_windows(
         dictionary, indices = ENCODINGS.get(pa.chunked_array([column]))
         codes = pc.fill_null(pc.index_in(dictionary, value_set=value_set), len(known))
         per_value = np.asarray(codes.to_numpy(zero_copy_only=False), dtype=np.int64)
-        bins = per_value[np.maximum(indices, 0)] if len(per_value) else np.zeros(len(indices), dtype=np.int64)
-        if valid is None and column.null_count:
-            valid = indices >= 0
+        bins = np.append(per_value, len(known) + 1)[indices]  # index -1 (null): a bin that is not counted
+        valid = None
     else:
         codes = pc.fill_null(pc.index_in(column, value_set=value_set), len(known))
         bins = np.asarray(codes.to_numpy(zero_copy_only=False), dtype=np.int64)
@@ -467,7 +517,7 @@ class DriftChecker:
         column = block.column(self.column)
         array = column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()  # same buffer: memo hits
         screened = window_values(self.metric, self.rule.params["baseline"], array, size)
-        suspects = np.flatnonzero(np.nan_to_num(screened, nan=-np.inf) > self.threshold * SCREEN_MARGIN)
+        suspects = np.flatnonzero(np.nan_to_num(screened, nan=-np.inf) > self.threshold * SCREEN_FACTOR)
         return alerts_of_windows(self, block, suspects, first_index, size)
 
     def to_state(self) -> dict[str, Any]:

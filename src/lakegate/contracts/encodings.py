@@ -72,7 +72,6 @@ class Encodings:
                 self.entries.popitem(last=False)
         return dictionary, indices
 
-
     def clear(self) -> None:
         """Drop every cached encoding (a batch is done: its columns need not stay alive)."""
         with self.lock:

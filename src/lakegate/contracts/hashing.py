@@ -107,20 +107,52 @@ def _is_text(data_type: pa.DataType) -> bool:
     )
 
 
+ROW_BLOCK = 1 << 16
+"""Rows hashed at a time: every column's words for a block are folded while the block sits in cache."""
+
+
+def _column_words(column: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """A column as (words, per-row index, null rows): a row's word is ``words[index]`` for an encoded
+    string column (index -1, a null: the null constant), else ``words[row]``, where a null row's word
+    (64-bit columns: a zero-copy view of the values) must be swapped for the null constant."""
+    if _is_text(column.type):
+        dictionary, indices = ENCODINGS.get(
+            column if isinstance(column, pa.ChunkedArray) else pa.chunked_array([column])
+        )
+        distinct = hash_array(dictionary) if len(dictionary) else np.zeros(0, np.uint64)
+        return np.append(distinct, _NULL), indices, None
+    array = column
+    if isinstance(column, pa.ChunkedArray):  # a single chunk as it is: combine_chunks would copy it
+        array = column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
+    data_type = array.type
+    if (pa.types.is_integer(data_type) or pa.types.is_temporal(data_type)) and data_type.bit_width == 64:
+        words = np.frombuffer(array.buffers()[1], dtype=np.uint64, count=len(array), offset=array.offset * 8)
+        nulls = np.flatnonzero(array.is_null().to_numpy(zero_copy_only=False)) if array.null_count else None
+        return words, None, nulls
+    return hash_array(array), None, None
+
+
 def row_hashes(rows: pa.Table, columns: list[str]) -> np.ndarray:
     """One 64-bit hash per row over ``columns`` (order matters, names do not).
 
-    A string column is hashed through its shared dictionary encoding: each distinct value once.
+    A string column is hashed through its shared dictionary encoding: each distinct value once. The
+    rows are folded and mixed a block at a time (one pass over each column instead of several).
     """
-    combined = np.full(rows.num_rows, np.uint64(len(columns)), dtype=np.uint64)
-    for name in columns:
-        column = rows.column(name)
-        np.multiply(combined, _M1, out=combined)  # a polynomial over the columns' words, mixed at the end
-        if _is_text(column.type):
-            dictionary, indices = ENCODINGS.get(column)
-            distinct = hash_array(dictionary) if len(dictionary) else np.zeros(0, np.uint64)
-            np.add(combined, np.append(distinct, _NULL)[indices], out=combined)  # index -1 (null): _NULL
-            continue
-        array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-        np.add(combined, hash_array(array), out=combined)
-    return mix(combined)
+    parts = [_column_words(rows.column(name)) for name in columns]
+    swaps = [None if nulls is None else _NULL - words[nulls] for words, _, nulls in parts]  # word -> _NULL
+    out = np.empty(rows.num_rows, dtype=np.uint64)
+    for start in range(0, rows.num_rows, ROW_BLOCK):
+        stop = min(start + ROW_BLOCK, rows.num_rows)
+        combined = out[start:stop]
+        combined.fill(len(columns))
+        for (words, index, nulls), swap in zip(parts, swaps, strict=True):
+            np.multiply(combined, _M1, out=combined)  # a polynomial over the columns' words, mixed at the end
+            if index is not None:
+                np.add(combined, words[index[start:stop]], out=combined)
+                continue
+            np.add(combined, words[start:stop], out=combined)
+            if nulls is not None and swap is not None:  # wrapping arithmetic: + (_NULL - word) makes it _NULL
+                low, high = np.searchsorted(nulls, (start, stop))
+                combined[nulls[low:high] - start] += swap[low:high]
+        combined[:] = mix(combined)
+    return out

@@ -17,10 +17,19 @@ SYSTEM_PREFIX = "_lg_"
 MAX_VIOLATION_RATE = 5e-4
 """A row rule breaking on more learning rows than this is not proposed, whatever ``min_confidence``."""
 DENSE_INDEX_SPAN = 1 << 22
+ROW_BLOCK = 1 << 16
+"""Rows a row rule's element-wise arithmetic works on at a time: its temporaries stay in cache."""
+
+
+def one_array(column: pa.ChunkedArray | pa.Array) -> pa.Array:
+    """The column as one array: a single chunk as it is (``combine_chunks`` copies even that one)."""
+    if isinstance(column, pa.ChunkedArray):
+        return column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
+    return column
 
 
 def _plain(column: pa.ChunkedArray | pa.Array) -> pa.Array:
-    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    array = one_array(column)
     if pa.types.is_dictionary(array.type):
         array = array.dictionary_decode()
     return array
@@ -70,7 +79,7 @@ class IntegerIndex:
         return int(span["max"].as_py()) - int(span["min"].as_py()) < DENSE_INDEX_SPAN
 
     def codes(self, column: pa.ChunkedArray | pa.Array) -> np.ndarray | None:
-        array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+        array = one_array(column)
         if not pa.types.is_integer(array.type):
             return None
         values, valid = numbers(array)
@@ -97,7 +106,7 @@ def codes_of(
         dictionary, indices = ENCODINGS.get(chunked)
         dictionary_codes = codes_of(dictionary, values, shared=False)
         return np.append(dictionary_codes, -1)[indices]  # one gather; a null's index -1 takes the -1
-    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    array = one_array(column)
     n = len(array)
     if len(values) == 0:
         return np.full(n, -1, dtype=np.int64)
@@ -118,6 +127,36 @@ def codes_of(
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
             return np.full(n, -1, dtype=np.int64)
     return np.asarray(pc.fill_null(found, -1).to_numpy(zero_copy_only=False), dtype=np.int64)
+
+
+class BlockCodes:
+    """:func:`codes_of` a block of rows at a time, the same codes: a string column's shared encoding
+    is coded once per distinct value, an integer column with an index goes through it block by block,
+    any other column is coded whole once."""
+
+    def __init__(self, column: pa.ChunkedArray, values: pa.Array, index: IntegerIndex | None = None) -> None:
+        self.lookup: np.ndarray | None = None
+        self.indices: np.ndarray | None = None
+        self.array: pa.Array | None = None
+        self.whole: np.ndarray | None = None
+        self.index = index
+        if index is not None and pa.types.is_integer(column.type):
+            self.array = one_array(column)
+        elif is_string_type(column.type) and len(column) > len(values):
+            dictionary, self.indices = ENCODINGS.get(column)
+            self.lookup = np.append(codes_of(dictionary, values, shared=False), -1)  # index -1 (null): -1
+        else:
+            self.whole = codes_of(column, values, index)
+
+    def block(self, start: int, stop: int) -> np.ndarray:
+        if self.lookup is not None and self.indices is not None:
+            return np.asarray(self.lookup[self.indices[start:stop]])
+        if self.index is not None and self.array is not None:
+            codes = self.index.codes(self.array.slice(start, stop - start))
+            assert codes is not None
+            return codes
+        assert self.whole is not None
+        return self.whole[start:stop]
 
 
 def group_rank(labels: np.ndarray) -> np.ndarray:

@@ -11,7 +11,7 @@ import pyarrow.compute as pc
 
 from lakegate.contracts.api import Alert, alerts_of_windows
 from lakegate.contracts.model import Rule
-from lakegate.contracts.relationships.arrays import floats
+from lakegate.contracts.relationships.arrays import ROW_BLOCK, floats
 
 MIN_CORRELATION = 0.5
 MAX_CORRELATION_STD = 0.05
@@ -137,6 +137,19 @@ def _window_bounds(window: pa.Table) -> tuple[Any, Any]:
     return pc.min(column).as_py(), pc.max(column).as_py()
 
 
+def _pearson_rows(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(rows where both are finite, Pearson r; 0 without spread) of each row of ``x`` and ``y``."""
+    ok = np.isfinite(x) & np.isfinite(y)
+    n = ok.sum(axis=1)
+    xs, ys = np.where(ok, x, 0.0), np.where(ok, y, 0.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mx, my = xs.sum(axis=1) / n, ys.sum(axis=1) / n
+        dx, dy = np.where(ok, xs - mx[:, None], 0.0), np.where(ok, ys - my[:, None], 0.0)
+        sxx, syy, sxy = (dx * dx).sum(axis=1), (dy * dy).sum(axis=1), (dx * dy).sum(axis=1)
+        r = np.where((sxx > 0) & (syy > 0), sxy / np.sqrt(sxx * syy), 0.0)
+    return n, r
+
+
 class CorrelationChecker:
     """Alerts when a window's Pearson r of the pair moves more than the threshold off the baseline."""
 
@@ -150,16 +163,15 @@ class CorrelationChecker:
     def check_windows(self, block: pa.Table, first_index: int, size: int) -> list[Alert]:
         """Pearson r of every window at once (sums per window); alerts built for the windows that fail."""
         windows = block.num_rows // size
-        x = floats(block.column(self.a))[: windows * size].reshape(windows, size)
-        y = floats(block.column(self.b))[: windows * size].reshape(windows, size)
-        ok = np.isfinite(x) & np.isfinite(y)
-        n = ok.sum(axis=1)
-        xs, ys = np.where(ok, x, 0.0), np.where(ok, y, 0.0)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            mx, my = xs.sum(axis=1) / n, ys.sum(axis=1) / n
-            dx, dy = np.where(ok, xs - mx[:, None], 0.0), np.where(ok, ys - my[:, None], 0.0)
-            sxx, syy, sxy = (dx * dx).sum(axis=1), (dy * dy).sum(axis=1), (dx * dy).sum(axis=1)
-            r = np.where((sxx > 0) & (syy > 0), sxy / np.sqrt(sxx * syy), 0.0)
+        n = np.zeros(windows, dtype=np.int64)
+        r = np.zeros(windows, dtype=np.float64)
+        step = max(1, ROW_BLOCK // size)  # windows at a time: a group's temporaries stay in cache
+        for first in range(0, windows, step):
+            last = min(first + step, windows)
+            rows = block.slice(first * size, (last - first) * size)
+            x = floats(rows.column(self.a)).reshape(last - first, size)
+            y = floats(rows.column(self.b)).reshape(last - first, size)
+            n[first:last], r[first:last] = _pearson_rows(x, y)
         suspects = np.flatnonzero((n >= self.min_rows) & (np.abs(r - self.baseline) > self.threshold * 0.999))
         return alerts_of_windows(self, block, suspects, first_index, size)
 

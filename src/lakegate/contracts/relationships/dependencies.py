@@ -12,6 +12,8 @@ import pyarrow.compute as pc
 from lakegate.contracts.api import RowCheck
 from lakegate.contracts.model import Rule
 from lakegate.contracts.relationships.arrays import (
+    ROW_BLOCK,
+    BlockCodes,
     IntegerIndex,
     b64,
     codes_of,
@@ -368,9 +370,11 @@ class DependencyChecker:
         expected = np.array([dep_index[entry[1]] for entry in mapping], dtype=np.int64)
         total = int(np.prod(self.sizes)) if self.sizes else 0
         self.table: np.ndarray | None = None
+        self.padded_table: np.ndarray | None = None  # the table and a -1 that code -1 (unmapped) takes
         if total <= DENSE_LIMIT:
             self.table = np.full(total, -1, dtype=np.int64)
             self.table[combined] = expected
+            self.padded_table = np.append(self.table, -1)
         order = np.argsort(combined)
         self.sorted_keys, self.sorted_expected = combined[order], expected[order]
         self.pairs: dict[tuple[int, Any], list[int]] = {}
@@ -378,16 +382,17 @@ class DependencyChecker:
 
     def _expected(self, rows: pa.Table) -> tuple[np.ndarray, np.ndarray]:
         """(each row's determinant code, -1 where unmapped; the dependent code learned for it or -1)."""
-        n = rows.num_rows
-        if len(self.determinant) == 1 and self.table is not None:
-            code = codes_of(rows.column(self.determinant[0]), self.det_values[0], self.det_index[0])
-            return code, np.append(self.table, -1)[code]  # one gather; code -1 takes the -1
+        columns = zip(self.determinant, self.det_values, self.det_index, strict=True)
+        return self._lookup([codes_of(rows.column(name), values, index) for name, values, index in columns])
+
+    def _lookup(self, codes: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`_expected` from the determinant columns' value codes."""
+        if len(codes) == 1 and self.padded_table is not None:
+            return codes[0], self.padded_table[codes[0]]  # one gather; code -1 takes the -1
+        n = len(codes[0])
         code = np.zeros(n, dtype=np.int64)
         valid = np.ones(n, dtype=bool)
-        for name, values, size, index in zip(
-            self.determinant, self.det_values, self.sizes, self.det_index, strict=True
-        ):
-            c = codes_of(rows.column(name), values, index)
+        for c, size in zip(codes, self.sizes, strict=True):
             valid &= c >= 0
             code = code * size + np.maximum(c, 0)
         if self.table is not None:
@@ -398,15 +403,34 @@ class DependencyChecker:
             expected = np.where(hit, self.sorted_expected[pos] if len(self.sorted_keys) else -1, -1)
         return code, np.asarray(expected, dtype=np.int64)
 
-    def check(self, rows: pa.Table) -> RowCheck:
-        code, expected = self._expected(rows)
-        mapped = expected >= 0
+    def _mismatch(self, rows: pa.Table) -> np.ndarray:
+        """Rows with a mapped determinant and another dependent than the learned one, a block of rows at
+        a time (codes and look-ups stay in cache)."""
+        determinants = [
+            BlockCodes(rows.column(name), values, index)
+            for name, values, index in zip(self.determinant, self.det_values, self.det_index, strict=True)
+        ]
         dependent = rows.column(self.dependent)
-        dep_code = codes_of(dependent, self.dep_values, self.dep_index)
-        mismatch = mapped & (dep_code != expected)
-        if dependent.null_count:  # a missing dependent is the null-rate rules' business
-            mismatch &= np.asarray(dependent.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
-        failed = self._promote(rows, code, mapped, mismatch) if (mismatch.any() or self.det_rows) else mismatch
+        dependents = BlockCodes(dependent, self.dep_values, self.dep_index)
+        present = None  # a missing dependent is the null-rate rules' business
+        if dependent.null_count:
+            present = np.asarray(dependent.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
+        mismatch = np.empty(rows.num_rows, dtype=bool)
+        for start in range(0, rows.num_rows, ROW_BLOCK):
+            stop = min(start + ROW_BLOCK, rows.num_rows)
+            _, expected = self._lookup([d.block(start, stop) for d in determinants])
+            block = (expected >= 0) & (dependents.block(start, stop) != expected)
+            if present is not None:
+                block &= present[start:stop]
+            mismatch[start:stop] = block
+        return mismatch
+
+    def check(self, rows: pa.Table) -> RowCheck:
+        mismatch = self._mismatch(rows)
+        if not mismatch.any() and not self.det_rows:
+            return RowCheck(rule=self.rule, failed=mismatch)
+        code, expected = self._expected(rows)
+        failed = self._promote(rows, code, expected >= 0, mismatch)
         if not failed.any():
             return RowCheck(rule=self.rule, failed=failed)
         first = int(np.flatnonzero(failed)[0])

@@ -15,6 +15,7 @@ from lakegate.contracts.api import LearnConfig, RowCheck
 from lakegate.contracts.model import Rule
 from lakegate.contracts.relationships.arrays import (
     MAX_VIOLATION_RATE,
+    ROW_BLOCK,
     SYSTEM_PREFIX,
     b64,
     floats,
@@ -394,7 +395,7 @@ class IdentityChecker:
         self.part = str(params.get("part", "day"))
         self.offset_us = float(params.get("offset_s", 0)) * 1e6
 
-    def check(self, rows: pa.Table) -> RowCheck:
+    def _failed(self, rows: pa.Table) -> np.ndarray:
         target = floats(rows.column(self.target))
         a = floats(rows.column(self.operands[0]))
         b = floats(rows.column(self.operands[1])) if len(self.operands) > 1 else None
@@ -404,7 +405,12 @@ class IdentityChecker:
             value = _expression_value(self.op, a, b, self.k)
         off = residual(self.op, target, value, self.k)
         with np.errstate(invalid="ignore"):
-            failed = np.asarray(off > self.abs_tolerance + self.rel_tolerance * np.abs(value))
+            return np.asarray(off > self.abs_tolerance + self.rel_tolerance * np.abs(value))
+
+    def check(self, rows: pa.Table) -> RowCheck:
+        failed = np.zeros(rows.num_rows, dtype=bool)
+        for start in range(0, rows.num_rows, ROW_BLOCK):  # row by row arithmetic: a block stays in cache
+            failed[start : start + ROW_BLOCK] = self._failed(rows.slice(start, ROW_BLOCK))
         if not failed.any():
             return RowCheck(rule=self.rule, failed=failed)
         return RowCheck(

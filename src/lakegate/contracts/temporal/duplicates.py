@@ -76,11 +76,46 @@ def grouped_order(hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return order, ordered
 
 
+PREFIX_FILTER_ROWS = 1 << 16
+"""From this many rows on, only rows sharing a 32-bit hash prefix are grouped (see :func:`repeat_candidates`)."""
+
+
+def _maybe_in(members: np.ndarray, values: np.ndarray, bits: int) -> np.ndarray:
+    """Positions of ``values`` whose top ``bits`` bits some member's share (a superset of the exact
+    matches): a look-up in a table small enough to stay in cache, so an exact search runs on few rows."""
+    shift = members.dtype.type(8 * members.dtype.itemsize - bits)
+    table = np.zeros(1 << bits, dtype=bool)
+    table[members >> shift] = True
+    return np.flatnonzero(table[values >> shift])
+
+
+def repeat_candidates(hashes: np.ndarray) -> np.ndarray:
+    """Ascending rows that include every row whose hash occurs more than once in ``hashes``.
+
+    In a large batch these are the rows whose top 32 bits another row shares (a few thousand in
+    millions of distinct keys): sorting 32-bit prefixes, split by their top byte, costs half of
+    grouping every 64-bit hash, and the other rows are keys seen once, which need no grouping.
+    """
+    n = len(hashes)
+    if n < PREFIX_FILTER_ROWS:
+        return np.arange(n)
+    prefix = (hashes >> np.uint64(32)).astype(np.uint32)
+    top = (prefix >> np.uint32(24)).astype(np.uint8)
+    parts = prefix[np.argsort(top, kind="stable")]
+    bounds = np.r_[0, np.cumsum(np.bincount(top, minlength=256))].tolist()
+    for start, stop in zip(bounds[:-1], bounds[1:], strict=True):
+        parts[start:stop].sort()  # only equal prefixes must meet: each part sorted while in cache
+    repeated = np.unique(parts[1:][parts[1:] == parts[:-1]])
+    maybe = _maybe_in(repeated, prefix, 20)
+    return maybe[np.isin(prefix[maybe], repeated)]
+
+
 class KeyWindow:
     """Keys seen recently (hash, event time), bounded by retention, row count and ``MAX_KEYS``.
 
-    The hashes are kept sorted (a binary search per row, a merge per batch: no hash table to rebuild
-    for every batch), with the event time and the arrival sequence number of each key.
+    The hashes are kept sorted (a look-up in a small table of their top bits per row, a binary search
+    for the few rows it lets through, a merge per batch: no hash table to rebuild for every batch),
+    with the event time and the arrival sequence number of each key.
     """
 
     def __init__(self, window_s: float, retention_s: float, keep_rows: int = KEY_KEEP_ROWS) -> None:
@@ -101,41 +136,47 @@ class KeyWindow:
             return np.zeros(0, dtype=bool)
         if times is None:
             times = np.zeros(n, dtype=np.int64)
-        # One sort groups equal keys (a hash table over millions of distinct 64-bit keys is slower),
-        # and everything after works in that order: lookups in the sorted state become a merge.
-        order, ordered = grouped_order(hashes)
-        head = np.empty(n, dtype=bool)  # a key's first row in this batch
-        head[0] = True
-        np.not_equal(ordered[1:], ordered[:-1], out=head[1:])
-        duplicate: np.ndarray | None = None  # in sorted order; None: no row repeats
-        if not head.all():
-            starts = np.flatnonzero(head)
-            sorted_times = times[order]
-            first_time = np.repeat(sorted_times[starts], np.diff(np.r_[starts, n]))
-            duplicate = ~head & (np.abs(sorted_times - first_time) <= self.window_us)
+        # Only rows whose hash may repeat are grouped (one sort; a hash table over millions of distinct
+        # 64-bit keys is slower); every other row is the first and only row of its key.
+        head = np.ones(n, dtype=bool)  # a key's first row in this batch
+        duplicate = np.zeros(n, dtype=bool)
+        rows = repeat_candidates(hashes)
+        if len(rows):
+            order, ordered = grouped_order(hashes[rows])
+            first = np.empty(len(rows), dtype=bool)
+            first[0] = True
+            np.not_equal(ordered[1:], ordered[:-1], out=first[1:])
+            if not first.all():
+                members = rows[order]
+                member_times = times[members]
+                starts = np.flatnonzero(first)
+                first_time = np.repeat(member_times[starts], np.diff(np.r_[starts, len(rows)]))
+                head[members] = first
+                duplicate[members] = ~first & (np.abs(member_times - first_time) <= self.window_us)
         fresh = head
         if len(self.hashes):
-            at = np.minimum(np.searchsorted(self.hashes, ordered), len(self.hashes) - 1)
-            found = self.hashes[at] == ordered
-            hit = np.flatnonzero(found)
+            bits = min(22, max(16, len(self.hashes).bit_length() + 5))  # at most 1 in 32 slots taken
+            maybe = _maybe_in(self.hashes, hashes, bits)
+            at = np.minimum(np.searchsorted(self.hashes, hashes[maybe]), len(self.hashes) - 1)
+            found = self.hashes[at] == hashes[maybe]
+            hit, at = maybe[found], at[found]
             if len(hit):
-                hit_times = times[order[hit]]
-                close = np.abs(hit_times - self.times[at[hit]]) <= self.window_us
-                if duplicate is None:
-                    duplicate = np.zeros(n, dtype=bool)
+                close = np.abs(times[hit] - self.times[at]) <= self.window_us
                 duplicate[hit[close]] = True
-                refresh = hit[~close & head[hit]]  # the same key again, long after: a new event
-                self.times[at[refresh]] = times[order[refresh]]
-                self.seq[at[refresh]] = self.next_seq + order[refresh]
-                fresh = head & ~found
+                refresh = ~close & head[hit]  # the same key again, long after: a new event
+                self.times[at[refresh]] = times[hit[refresh]]
+                self.seq[at[refresh]] = self.next_seq + hit[refresh]
+                fresh = head.copy()
+                fresh[hit] = False
         newest = int(times.max())
         self.watermark = newest if self.watermark is None else max(self.watermark, newest)
         if int(fresh.sum()) > self.keep_rows:  # only what the eviction below would keep
             recent = times >= self.watermark - self.retention_us
             recent[max(0, n - self.keep_rows) :] = True
-            fresh = fresh & recent[order]
-        positions = np.flatnonzero(fresh)  # sorted order: the new keys come out in hash order
-        new_hashes, rows = ordered[positions], order[positions]
+            fresh = fresh & recent
+        rows = np.flatnonzero(fresh)
+        by_hash, new_hashes = grouped_order(hashes[rows])  # the state stays sorted by hash
+        rows = rows[by_hash]
         new_times = times[rows]
         if len(self.hashes):
             slots = np.searchsorted(self.hashes, new_hashes)
@@ -146,10 +187,7 @@ class KeyWindow:
             self.hashes, self.times, self.seq = new_hashes, new_times, self.next_seq + rows
         self.next_seq += n
         self._evict()
-        out = np.zeros(n, dtype=bool)
-        if duplicate is not None:
-            out[order] = duplicate
-        return out
+        return duplicate
 
     def _evict(self) -> None:
         if len(self.hashes) <= self.keep_rows or self.watermark is None:

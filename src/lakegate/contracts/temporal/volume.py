@@ -90,7 +90,7 @@ def volume_ratios(profile: dict[str, Any], rate: np.ndarray, weekly: bool) -> tu
     return ratio, float(block_ratios[block]), block, total
 
 
-SCREEN_MARGIN = 0.01
+SCREEN_SHARE = 0.01
 """Windows whose screened volume ratio is within this share of a bound are checked exactly."""
 
 
@@ -119,15 +119,12 @@ def volume_windows(grid: np.ndarray, rate: np.ndarray, weekly: bool) -> tuple[np
     low, high = parted[:, k_low], parted[:, k_high]
     profiled = high > low
     edges = np.linspace(low.astype(np.float64), high.astype(np.float64), BLOCKS + 1, axis=1)
-    step = np.where(profiled, (high - low) / BLOCKS, 1.0)
-    inside = (grid >= low[:, None]) & (grid <= high[:, None])
-    guess = np.clip(np.floor((grid - low[:, None]) / step[:, None]), 0, BLOCKS - 1).astype(np.int64)
-    rows = np.arange(windows)[:, None]
-    guess -= grid < edges[rows, guess]  # float rounding at a block's edge: the edges decide
-    guess = np.clip(guess, 0, BLOCKS - 1)
-    guess += (guess < BLOCKS - 1) & (grid >= edges[rows, np.minimum(guess + 1, BLOCKS)])
-    flat = (rows * BLOCKS + guess)[inside]
-    counts = np.bincount(flat, minlength=windows * BLOCKS).reshape(windows, BLOCKS).astype(np.float64)
+    # rows under each edge (under or at ``high`` for the last), as window_profile's searches count them
+    below = np.empty((windows, BLOCKS + 1), dtype=np.int64)
+    for j in range(BLOCKS):
+        below[:, j] = np.count_nonzero(grid < edges[:, j : j + 1], axis=1)
+    below[:, BLOCKS] = np.count_nonzero(grid <= high[:, None], axis=1)
+    counts = np.diff(below, axis=1).astype(np.float64)
     at_edges = cumulative_rows(rate, weekly, edges.astype(np.int64))
     expected = np.diff(np.where(np.isfinite(edges), at_edges, np.nan), axis=1)
     expected = np.maximum(expected, 0.0)
@@ -164,7 +161,7 @@ class VolumeChecker:
             return []
         grid = window_micros(block.column(EVENT_TIME), windows, size)
         ratio, block_ratio = volume_windows(grid, self.rate, self.weekly)
-        margin = SCREEN_MARGIN
+        margin = SCREEN_SHARE
         with np.errstate(invalid="ignore"):
             suspects = np.flatnonzero(
                 ~np.isfinite(ratio)  # a span the screen cannot price: the exact check decides
