@@ -16,13 +16,16 @@ Steps (each on a private PostgreSQL started for the run, see ``tests/cdc/pg_serv
    bumps the probe every 100 ms and a long-lived ``CurrentReader`` polls it through the always-current
    read path: ``lag_p50_s``/``lag_p99_s`` from commit to visible. ``peak_rss_mb`` is the pipeline
    process's peak RSS (VmHWM); the bench process's own is ``bench_process_peak_rss_mb``.
+   ``storage_files``/``storage_mb``: every file under the CDC tables' directories (data and metadata)
+   when the load ends, with the largest file count sampled during the load (``storage_files_max``) and
+   the count after the snapshot: expired snapshots' files are reclaimed, so it stays bounded.
 
     python bench/cdc.py              # scale 10, 20 s of pgbench
     python bench/cdc.py --quick      # scale 2, 6 s of pgbench (about 20 s in all)
     python bench/cdc.py --profile    # also print where the backlog read spends its time
 
 The last line printed is one JSON object with ``backlog_changes_per_s``, ``lag_p50_s``, ``lag_p99_s``,
-``pgbench_tps``, ``pgbench_tps_alone``, ``peak_rss_mb`` (and details).
+``pgbench_tps``, ``pgbench_tps_alone``, ``peak_rss_mb``, ``storage_files``, ``storage_mb`` (and details).
 """
 
 from __future__ import annotations
@@ -165,6 +168,37 @@ def _peak_rss_mb(pid: int) -> float | None:
     return total
 
 
+def table_storage(spec_path: Path) -> dict[str, dict[str, float]]:
+    """Files and MB under each CDC table's directory (data files, manifests, metadata files), by table."""
+    from lakegate.core.config import load_spec
+    from lakegate.sinks.catalog import open_catalog
+    from lakegate.sinks.cdc import MODE_PROPERTY
+
+    spec = load_spec(spec_path)
+    catalog = open_catalog(spec.catalog, spec.data_dir)
+    storage: dict[str, dict[str, float]] = {}
+    for identifier in catalog.list_tables(spec.namespace):
+        table = catalog.load_table(identifier)
+        if MODE_PROPERTY not in table.properties:
+            continue
+        files, size = {"data": 0, "metadata": 0}, 0
+        root = Path(table.location().removeprefix("file://"))
+        for path in root.rglob("*"):
+            try:
+                if path.is_file():
+                    size += path.stat().st_size
+                    files["data" if path.relative_to(root).parts[0] == "data" else "metadata"] += 1
+            except OSError:  # reclaimed while we walked
+                continue
+        storage[identifier[-1]] = {"data_files": files["data"], "metadata_files": files["metadata"], "mb": size / 1e6}
+    return storage
+
+
+def _storage_totals(storage: dict[str, dict[str, float]]) -> tuple[int, float]:
+    files = sum(int(t["data_files"] + t["metadata_files"]) for t in storage.values())
+    return files, round(sum(t["mb"] for t in storage.values()), 1)
+
+
 class Probe(threading.Thread):
     """Every 100 ms, a separate connection commits ``UPDATE lg_probe SET seq = seq + 1`` and notes when."""
 
@@ -248,6 +282,7 @@ def measure_end_to_end(server: PostgresServer, args: argparse.Namespace) -> dict
                 raise RuntimeError(f"the pipeline did not finish its snapshot: {failure}")
             time.sleep(0.2)
         snapshot_s = time.monotonic() - started
+        storage_files_after_snapshot = _storage_totals(table_storage(spec_path))[0]
         spec = load_spec(spec_path)
         reader = CurrentReader(open_catalog(spec.catalog, spec.data_dir), spec.namespace)
         probe = Probe(dsn)
@@ -266,6 +301,7 @@ def measure_end_to_end(server: PostgresServer, args: argparse.Namespace) -> dict
         last = 0
         seen = 0
         polls = 0
+        storage_files_max, storage_sampled = storage_files_after_snapshot, time.monotonic()
         while True:
             done = load.poll() is not None
             if done and not probe.stop.is_set():
@@ -281,6 +317,9 @@ def measure_end_to_end(server: PostgresServer, args: argparse.Namespace) -> dict
                     lags.append(now - probe.committed[seq])
                     lag_times.append(now)
             seen = max(seen, current)
+            if time.monotonic() - storage_sampled >= 5:
+                storage_sampled = time.monotonic()
+                storage_files_max = max(storage_files_max, _storage_totals(table_storage(spec_path))[0])
             if done and seen >= last:
                 break
             if done and time.monotonic() - started > 3600:
@@ -291,6 +330,8 @@ def measure_end_to_end(server: PostgresServer, args: argparse.Namespace) -> dict
             raise RuntimeError(f"pgbench failed: {errors[-2000:]}")
         tps, _ = pgbench_figures(output)
         peak = _peak_rss_mb(pipeline.pid)
+        storage = table_storage(spec_path)
+        storage_files, storage_mb = _storage_totals(storage)
         reader.close()
     finally:
         pipeline.send_signal(signal.SIGKILL)
@@ -323,6 +364,13 @@ def measure_end_to_end(server: PostgresServer, args: argparse.Namespace) -> dict
         "pgbench_tps": round(tps, 1),
         "pipeline_peak_rss_mb": None if peak is None else round(peak, 1),
         "snapshot_s": round(snapshot_s, 1),
+        "storage_files": storage_files,
+        "storage_mb": storage_mb,
+        "storage_files_max": max(storage_files_max, storage_files),
+        "storage_files_after_snapshot": storage_files_after_snapshot,
+        "storage_per_table": {
+            name: {**counts, "mb": round(counts["mb"], 1)} for name, counts in sorted(storage.items())
+        },
         "end_to_end_note": "lakegate run in its own process, 1 s checkpoints, pgbench tables + probe, scale "
         f"{args.scale_used}; lag = probe commit -> visible through CurrentReader (always-current view)",
     }
@@ -377,6 +425,11 @@ def main(argv: list[str] | None = None) -> int:
         "lag_samples": end_to_end["lag_samples"],
         "lag_p99_per_30s": end_to_end["lag_p99_per_30s"],
         "snapshot_s": end_to_end["snapshot_s"],
+        "storage_files": end_to_end["storage_files"],
+        "storage_mb": end_to_end["storage_mb"],
+        "storage_files_max": end_to_end["storage_files_max"],
+        "storage_files_after_snapshot": end_to_end["storage_files_after_snapshot"],
+        "storage_per_table": end_to_end["storage_per_table"],
         "scale": scale,
         "pgbench_seconds": seconds,
         "backlog_rows": backlog["rows"],

@@ -35,3 +35,30 @@ def test_freed_big_arrays_are_reused_instead_of_faulted_in_again() -> None:
     # each 40 MB array is mapped afresh by default (numpy asks for huge pages: ~500 faults a time)
     assert default > 20 * 200, default
     assert kept < default / 10, (default, kept)
+
+
+RELEASE_PROBE = """
+import numpy as np
+from lakegate.core.memory import keep_freed_memory, release_freed_memory
+
+def rss_mb():
+    with open("/proc/self/status") as status:
+        return int(next(line for line in status if line.startswith("VmRSS")).split()[1]) // 1024
+
+keep_freed_memory()
+arrays = [np.ones(5_000_000) for _ in range(10)]  # 400 MB
+held = rss_mb()
+del arrays
+kept = rss_mb()
+release_freed_memory()
+print(held, kept, rss_mb())
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc_trim")
+def test_release_hands_kept_memory_back() -> None:
+    """An idle process (the compaction process between jobs) gives back what keep_freed_memory kept."""
+    done = subprocess.run([sys.executable, "-c", RELEASE_PROBE], capture_output=True, text=True, check=True)
+    held, kept, released = (int(v) for v in done.stdout.split())
+    assert kept > held - 100, (held, kept)  # freed, but kept by the heap
+    assert released < kept - 300, (kept, released)

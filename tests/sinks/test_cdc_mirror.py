@@ -323,8 +323,9 @@ class Warehouse:
     pipeline: str = "cdc"
     checkpoint_id: int = 0
 
-    def commit(self, table: str, rows: pa.Table, key_columns: tuple[str, ...]) -> None:
-        """One checkpoint of the embedded runtime: prepared change rows -> OpenCheckpoint -> run_protocol."""
+    def commit(self, table: str, rows: pa.Table, key_columns: tuple[str, ...]) -> OpenCheckpoint:
+        """One checkpoint of the embedded runtime: prepared change rows -> OpenCheckpoint -> run_protocol;
+        returns the checkpoint (``expired``: what its commits expired)."""
         self.checkpoint_id += 1
         prepared = prepare_changes(
             rows, table=table, key_columns=key_columns, sequencer=ChangeSequencer(self.checkpoint_id)
@@ -347,6 +348,7 @@ class Warehouse:
             known_tables=[],
             acknowledge=lambda: None,
         )
+        return checkpoint
 
 
 @pytest.fixture

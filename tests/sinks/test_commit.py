@@ -57,15 +57,21 @@ def test_checkpoint_commit_is_idempotent_per_pipeline(tmp_path: Path) -> None:
     files = writer.close()
     assert len(files) == 3  # 10 rows 6 hours apart span 3 days (0h..54h): one file per day partition
 
-    assert commit_checkpoint(table, files, pipeline="a", checkpoint_id=1, source_positions="{}") == "committed"
-    assert commit_checkpoint(table, files, pipeline="a", checkpoint_id=1, source_positions="{}") == "skipped"
+    assert commit_checkpoint(table, files, pipeline="a", checkpoint_id=1, source_positions="{}").outcome == "committed"
+    assert commit_checkpoint(table, files, pipeline="a", checkpoint_id=1, source_positions="{}").outcome == "skipped"
     # Another pipeline's higher checkpoint id must not hide pipeline a's next checkpoint.
     other = DataFileWriter(table, "b", 7)
     other.write(_rows("b", 7, 4))
-    assert commit_checkpoint(table, other.close(), pipeline="b", checkpoint_id=7, source_positions="{}") == "committed"
+    assert (
+        commit_checkpoint(table, other.close(), pipeline="b", checkpoint_id=7, source_positions="{}").outcome
+        == "committed"
+    )
     second = DataFileWriter(table, "a", 2)
     second.write(_rows("a", 2, 5))
-    assert commit_checkpoint(table, second.close(), pipeline="a", checkpoint_id=2, source_positions="{}") == "committed"
+    assert (
+        commit_checkpoint(table, second.close(), pipeline="a", checkpoint_id=2, source_positions="{}").outcome
+        == "committed"
+    )
 
     table.refresh()
     assert last_committed_checkpoint(table, "a") == 2
@@ -164,16 +170,19 @@ def test_expiry_keeps_the_newest_snapshot_of_every_pipeline_and_the_skip_rule(tm
         txn.set_properties({KEEP_SNAPSHOTS_PROPERTY: "3"})
     other = DataFileWriter(table, "b", 7)
     other.write(_rows("b", 7, 2))
-    assert commit_checkpoint(table, other.close(), pipeline="b", checkpoint_id=7, source_positions="{}") == "committed"
+    assert (
+        commit_checkpoint(table, other.close(), pipeline="b", checkpoint_id=7, source_positions="{}").outcome
+        == "committed"
+    )
     table.append(_rows("compactor", 0, 1), snapshot_properties={WATERMARK_PROPERTY: "42"})
     commits = 3 + EXPIRE_BATCH + 12
     for checkpoint in range(1, commits + 1):
         writer = DataFileWriter(table, "a", checkpoint)
         writer.write(_rows("a", checkpoint, 3))
-        outcome = commit_checkpoint(
+        result = commit_checkpoint(
             table, writer.close(), pipeline="a", checkpoint_id=checkpoint, source_positions="{}", refresh=False
         )
-        assert outcome == "committed"
+        assert result.outcome == "committed"
 
     table.refresh()
     snapshots = table.metadata.snapshots
@@ -183,7 +192,10 @@ def test_expiry_keeps_the_newest_snapshot_of_every_pipeline_and_the_skip_rule(tm
     assert last_committed_checkpoint(table, "b") == 7
     assert any(s.summary is not None and s.summary.get(WATERMARK_PROPERTY) == "42" for s in snapshots)
     for retried in (commits, commits - 1):  # a retry after a crash still sees the checkpoint committed
-        assert commit_checkpoint(table, [], pipeline="a", checkpoint_id=retried, source_positions="{}") == "skipped"
+        assert (
+            commit_checkpoint(table, [], pipeline="a", checkpoint_id=retried, source_positions="{}").outcome
+            == "skipped"
+        )
     # Expiry drops snapshots, never data: every row is still there, every file still referenced.
     assert table.scan().to_arrow().num_rows == 2 + 1 + 3 * commits
     assert _data_files_on_disk(table.location()) == _referenced_files(table)
@@ -196,13 +208,13 @@ def test_a_commit_on_a_stale_table_object_reloads_before_it_decides(tmp_path: Pa
     writer = DataFileWriter(table, "a", 1)
     writer.write(_rows("a", 1, 4))
     files = writer.close()
-    assert commit_checkpoint(table, files, pipeline="a", checkpoint_id=1, source_positions="{}") == "committed"
+    assert commit_checkpoint(table, files, pipeline="a", checkpoint_id=1, source_positions="{}").outcome == "committed"
 
     # The stale object does not show checkpoint 1; its append is refused, it reloads and skips.
-    outcome = commit_checkpoint(
+    result = commit_checkpoint(
         stale, files, pipeline="a", checkpoint_id=1, source_positions="{}", written=writer.written, refresh=False
     )
-    assert outcome == "skipped"
+    assert result.outcome == "skipped"
     # Another pipeline's commit moved the table on: a stale append of ours is retried on top of it.
     other = DataFileWriter(table, "b", 1)
     other.write(_rows("b", 1, 2))
@@ -210,7 +222,7 @@ def test_a_commit_on_a_stale_table_object_reloads_before_it_decides(tmp_path: Pa
     second = DataFileWriter(stale, "a", 2)
     second.write(_rows("a", 2, 3))
     assert commit_checkpoint(stale, second.close(), pipeline="a", checkpoint_id=2, source_positions="{}",
-                             written=second.written, refresh=False) == "committed"  # fmt: skip
+                             written=second.written, refresh=False).outcome == "committed"  # fmt: skip
     table.refresh()
     keys = table.scan().to_arrow().column("key").to_pylist()
     assert len(keys) == len(set(keys)) == 4 + 2 + 3

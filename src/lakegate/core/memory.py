@@ -23,6 +23,14 @@ DEFAULT_KEEP_BYTES = 1 << 30
 _applied: list[int] = []
 
 
+def _libc() -> ctypes.CDLL | None:
+    """The C library (glibc's allocator calls), or None where it cannot be loaded."""
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return None
+
+
 def keep_freed_memory(keep_bytes: int = DEFAULT_KEEP_BYTES) -> bool:
     """Serve allocations up to ``keep_bytes`` from the heap and keep up to that much freed memory.
 
@@ -32,10 +40,8 @@ def keep_freed_memory(keep_bytes: int = DEFAULT_KEEP_BYTES) -> bool:
         return True
     if not sys.platform.startswith("linux"):
         return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
+    mallopt = getattr(_libc(), "mallopt", None)
+    if mallopt is None:
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     keep = min(int(keep_bytes), 2**31 - 1)
@@ -45,3 +51,24 @@ def keep_freed_memory(keep_bytes: int = DEFAULT_KEEP_BYTES) -> bool:
     else:
         log.debug("mallopt refused the allocator settings; keeping the C library's defaults")
     return applied
+
+
+def release_freed_memory() -> None:
+    """Hand the freed memory this process keeps back to the system (glibc's heap and Arrow's pool).
+
+    For a process that goes idle between big jobs (the compaction process): what it keeps for the next
+    job would otherwise sit unused between them.
+    """
+    try:
+        import pyarrow as pa
+
+        pa.default_memory_pool().release_unused()
+    except (ImportError, AttributeError):
+        pass
+    if not sys.platform.startswith("linux"):
+        return
+    malloc_trim = getattr(_libc(), "malloc_trim", None)
+    if malloc_trim is None:
+        log.debug("malloc_trim is not available; freed memory stays with the process")
+        return
+    malloc_trim(0)

@@ -12,6 +12,8 @@ A CDC source (``sources/postgres``, ``sources/mysql``) emits one batch per sourc
   before it sees the batch (it would otherwise re-infer text columns from their values);
 * **landing**: ``mirror`` rows go to ``T__changes`` in the open checkpoint and a background compactor
   rewrites ``T`` on a schedule (``sinks/cdc.py``); ``changelog`` rows go to ``T``;
+* **reclaim**: the snapshots a checkpoint's commits (and a compaction's) expired are handed to the
+  compactor, which deletes the files only they referenced once their grace is over (``sinks/reclaim.py``);
 * **redone snapshots** (PostgreSQL redoes an interrupted snapshot from scratch with a new slot): a mirror
   gets a truncate marker before the new snapshot's rows; a changelog table loses the old attempt's
   ``r`` rows at recovery.
@@ -21,8 +23,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
@@ -36,7 +40,7 @@ from lakegate.core.batch import SourceBatch
 from lakegate.core.cdc import COMMIT_POSITION, OP, ColumnChange, SchemaChange
 from lakegate.core.config import CdcSourceSpec, FileSourceSpec, PipelineSpec, PostgresSourceSpec, target_table_name
 from lakegate.core.deadletter import DeadLetters, Reason
-from lakegate.core.errors import ConfigError, TerminalError
+from lakegate.core.errors import ConfigError, TerminalError, TransientError
 from lakegate.core.types import type_to_str
 from lakegate.normalize.stage import NormalizedBatch, Normalizer
 from lakegate.runtime.checkpoint import OpenCheckpoint
@@ -56,6 +60,7 @@ from lakegate.sinks.cdc import (
     pending_changes,
     prepare_changes,
 )
+from lakegate.sinks.reclaim import ExpiredSnapshots, Reclaimer, ReclaimResult
 from lakegate.sinks.tables import TableManager
 
 log = logging.getLogger(__name__)
@@ -66,6 +71,8 @@ STATE_VERSION = 1
 DECISION_KIND = "schema.cdc_change"
 SYSTEM_PREFIX = "_lg_"
 SCHEMA_STAGE = "schema"
+RECLAIM_EVERY_S = 10.0
+"""Least time between two reclaim passes: expiries come in batches, and one pass takes every ripe one."""
 Mode = Literal["mirror", "changelog"]
 
 
@@ -207,8 +214,11 @@ class CdcRuntime:
         if state.get("version") == STATE_VERSION:
             self.states = {name: TableState.from_json(s) for name, s in state.get("tables", {}).items()}
 
-    def after_recover(self, record: CheckpointRecord) -> None:
-        """A PostgreSQL source recorded mid-snapshot redoes its snapshot: supersede the old attempt's rows."""
+    def after_recover(self, record: CheckpointRecord, expired: Iterable[ExpiredSnapshots] = ()) -> None:
+        """A PostgreSQL source recorded mid-snapshot redoes its snapshot: supersede the old attempt's rows.
+        ``expired``: what finishing a pending checkpoint expired (reclaimed like any checkpoint's)."""
+        if self.compactor is not None:
+            self.compactor.expire(expired)
         for name, source in self.sources.items():
             position = record.source_positions.get(name)
             if not isinstance(source, PostgresSourceSpec) or not isinstance(position, dict):
@@ -468,16 +478,18 @@ class CdcRuntime:
     def mirrors(self) -> list[tuple[str, list[str]]]:
         return [(name, s.key) for name, s in sorted(self.states.items()) if s.mode == "mirror"]
 
-    def after_commit(self, positions: dict[str, Any]) -> None:
-        """After a checkpoint's commit: count what each mirror received, compact the due ones, except
-        while a source is still in its snapshot (a mirror half loaded would be rewritten for nothing)."""
+    def after_commit(self, positions: dict[str, Any], expired: Iterable[ExpiredSnapshots] = ()) -> None:
+        """After a checkpoint's commit: count what each mirror received, hand over the snapshots its
+        commits expired, compact the due mirrors, except while a source is still in its snapshot (a
+        mirror half loaded would be rewritten for nothing), and reclaim the expired files past their grace."""
         landed, self._landed = self._landed, {}
         if self.compactor is None:
             return
         for table, rows in landed.items():
             self.compactor.note(table, rows)
-        if not any(in_snapshot(positions.get(name)) for name in self.sources):
-            self.compactor.kick(self.mirrors())
+        self.compactor.expire(expired)
+        loading = any(in_snapshot(positions.get(name)) for name in self.sources)
+        self.compactor.kick([] if loading else self.mirrors())
 
     def close(self) -> None:
         if self.compactor is not None:
@@ -628,6 +640,12 @@ class Compactor:
     (``sinks/cdc.compact_mirror``), so a SIGKILL mid-way only costs redoing it.
     ``LAKEGATE_FAULT=compact_before_commit`` kills the process after the new mirror files are written, before
     their commit.
+
+    It also reclaims storage: the snapshots that checkpoints and compactions expired (:meth:`expire`)
+    wait in memory until their grace is over, then a pass (at most every ``reclaim_every_s``) deletes
+    the files only they referenced, in the worker too (``sinks/reclaim.py``). What was reclaimed is
+    logged and totalled in :attr:`reclaimed`. Expiries still waiting when the process stops are
+    forgotten: their files stay in storage (a leak, never a wrong deletion).
     """
 
     def __init__(
@@ -637,6 +655,7 @@ class Compactor:
         *,
         min_share_rows: int = 50_000,
         worker: Callable[[], CompactionWorker] | None = None,
+        reclaim_every_s: float | None = None,
     ) -> None:
         self._tables_factory = tables
         self._tables: TableManager | None = None
@@ -651,6 +670,13 @@ class Compactor:
         """Mirror -> [checkpoints with changes, change rows, mirror rows] since its last compaction."""
         self.results: list[CompactionResult] = []
         self.errors: list[str] = []
+        self.reclaim_every_s = RECLAIM_EVERY_S if reclaim_every_s is None else reclaim_every_s
+        self._expired: list[ExpiredSnapshots] = []
+        """Expired snapshots whose files wait for their grace (then for a reclaim pass)."""
+        self._last_reclaim = -math.inf
+        self._reclaimer: Reclaimer | None = None
+        self.reclaimed = ReclaimResult()
+        """Totals of every reclaim so far (files, bytes, ...)."""
 
     def note(self, table: str, rows: int) -> None:
         """A checkpoint committed ``rows`` change rows of mirror ``table``."""
@@ -671,12 +697,42 @@ class Compactor:
         share = rows > max(self.policy.max_change_share * mirror_rows, self.min_share_rows)
         return checkpoints >= self.policy.every_checkpoints or share
 
+    def expire(self, expired: Iterable[ExpiredSnapshots]) -> None:
+        """Snapshots a commit expired: their files are reclaimed by a later pass, once their grace is over."""
+        with self._lock:
+            self._expired.extend(expired)
+
+    @property
+    def awaiting_reclaim(self) -> list[ExpiredSnapshots]:
+        """Expired snapshots whose files are not reclaimed yet."""
+        with self._lock:
+            return list(self._expired)
+
+    def _take_ripe(self, now: float, *, force: bool = False) -> list[ExpiredSnapshots]:
+        with self._lock:
+            if not force and now - self._last_reclaim < self.reclaim_every_s:
+                return []
+            ripe = [e for e in self._expired if e.ripe(now)]
+            if ripe:
+                self._expired = [e for e in self._expired if not e.ripe(now)]
+                self._last_reclaim = time.monotonic()
+        return ripe
+
     def kick(self, mirrors: list[tuple[str, list[str]]]) -> None:
-        """Start a pass over the due ``mirrors`` unless one is still running."""
-        due = [(table, key) for table, key in mirrors if self._due(table)]
-        if not due or (self._thread is not None and self._thread.is_alive()):
+        """Start a pass over the due ``mirrors`` and the ripe expired snapshots unless one is still running."""
+        if self._thread is not None and self._thread.is_alive():
             return
-        self._thread = threading.Thread(target=self._pass, args=(due,), name="lakegate-compactor", daemon=True)
+        due = [(table, key) for table, key in mirrors if self._due(table)]
+        ripe = self._take_ripe(time.monotonic())
+        if not due and not ripe:
+            return
+        # The pass reclaims first and again after each compaction: a pass of several mirrors can take
+        # most of a minute under load, and expired files must not wait behind it.
+        if self._worker_factory is not None and (self._worker is None or not self._worker.alive):
+            # Started here, on the pipeline's own thread: PR_SET_PDEATHSIG fires when the *thread* that
+            # started the child ends, so one started by a pass's thread died with that pass.
+            self._worker = self._worker_factory()
+        self._thread = threading.Thread(target=self._pass, args=(due, ripe), name="lakegate-compactor", daemon=True)
         self._thread.start()
 
     def run_now(self, mirrors: list[tuple[str, list[str]]], *, force: bool = False) -> list[CompactionResult]:
@@ -684,13 +740,52 @@ class Compactor:
         self.wait()
         return [r for r in (self._one(t, k, force) for t, k in mirrors) if r is not None]
 
-    def _pass(self, mirrors: list[tuple[str, list[str]]]) -> None:
+    def reclaim_now(self, now: float | None = None) -> ReclaimResult | None:
+        """Reclaim in this thread the files of the expired snapshots past their grace at ``now`` (tests)."""
+        self.wait()
+        now = time.monotonic() if now is None else now
+        ripe = self._take_ripe(now, force=True)
+        return self._reclaim(ripe, in_background=False, now=now) if ripe else None
+
+    def _pass(self, mirrors: list[tuple[str, list[str]]], ripe: list[ExpiredSnapshots]) -> None:
+        if ripe:
+            self._reclaim(ripe, in_background=True)
         for table, key in mirrors:
             try:
                 self._one(table, key, False)
             except Exception as err:  # a failed compaction leaves the old mirror; the read path stays current
                 log.warning("compaction of %s failed (will retry): %s", table, err)
                 self.errors.append(f"{table}: {type(err).__name__}: {err}")
+            ripe = self._take_ripe(time.monotonic())
+            if ripe:
+                self._reclaim(ripe, in_background=True)
+
+    def _reclaim(
+        self, ripe: list[ExpiredSnapshots], *, in_background: bool, now: float | None = None
+    ) -> ReclaimResult | None:
+        try:
+            if in_background and self._worker_factory is not None:
+                result = self._live_worker().reclaim(ripe)
+            else:
+                if self._reclaimer is None:
+                    if self._tables is None:
+                        self._tables = self._tables_factory()
+                    self._reclaimer = Reclaimer(self._tables.catalog)
+                result = self._reclaimer.reclaim(ripe, now)
+        except Exception as err:  # the files stay in storage: a leak, never a wrong deletion
+            log.warning("reclaim of %d expired snapshot set(s) failed (their files stay): %s", len(ripe), err)
+            self.errors.append(f"reclaim: {type(err).__name__}: {err}")
+            return None
+        if result.deferred:
+            self.expire(result.deferred)
+        with self._lock:
+            self.reclaimed.add(result)
+        self.errors += [f"reclaim: {error}" for error in result.errors]
+        log.info(
+            "reclaimed %d file(s), %.1f MB of expired snapshots in %d table(s) in %.2fs (%d still referenced)",
+            result.files, result.bytes / 1e6, result.tables, result.seconds, result.kept,
+        )  # fmt: skip
+        return result
 
     def _one(self, table: str, key: list[str], force: bool) -> CompactionResult | None:
         if self._tables is None:
@@ -710,7 +805,9 @@ class Compactor:
         with self._lock:
             noted = list(self._pending[table])
         background = not force and threading.current_thread() is self._thread
-        result = self._compact(tables, table, key, in_background=background)
+        result = self._compact(tables, table, key, in_background=background, rows=noted[1] + noted[2])
+        if result.expired is not None:
+            self.expire([result.expired])
         with self._lock:  # changes noted while it ran may not be in it: they stay counted
             counts = self._pending[table]
             if result.outcome == "nothing_new":
@@ -725,12 +822,17 @@ class Compactor:
         self.results.append(result)
         return result
 
-    def _compact(self, tables: TableManager, table: str, key: list[str], *, in_background: bool) -> CompactionResult:
+    def _compact(
+        self, tables: TableManager, table: str, key: list[str], *, in_background: bool, rows: int
+    ) -> CompactionResult:
         if not in_background or self._worker_factory is None:
             return compact_mirror(tables, table, key, before_commit=lambda: maybe_crash("compact_before_commit"))
-        if self._worker is None or not self._worker.alive:
-            self._worker = self._worker_factory()
-        return self._worker.compact(table, key)
+        return self._live_worker().compact(table, key, rows=rows)
+
+    def _live_worker(self) -> CompactionWorker:
+        if self._worker is None:
+            raise TransientError("no compaction process (it is started by the next kick)")
+        return self._worker
 
     def wait(self, timeout: float | None = None) -> None:
         if self._thread is not None:
@@ -741,3 +843,8 @@ class Compactor:
         if self._worker is not None:
             self._worker.close()
             self._worker = None
+        waiting = self.awaiting_reclaim
+        if waiting:
+            log.info(
+                "%d expired snapshot set(s) still within their grace are not reclaimed (their files stay)", len(waiting)
+            )

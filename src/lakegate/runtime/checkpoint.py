@@ -10,7 +10,8 @@ Checkpoint ``n``:
 3. Persist a *pending* record for ``n``: operator state, source end positions, files per table.
 4. Commit each table in its own Iceberg transaction with ``lakegate.pipeline``,
    ``lakegate.checkpoint-id`` and ``lakegate.source-positions``; a table whose last snapshot from
-   this pipeline already carries an id >= n is skipped.
+   this pipeline already carries an id >= n is skipped. The snapshots these commits expired are kept
+   on the checkpoint (``OpenCheckpoint.expired``) for the runtime to reclaim their files later.
 5. Mark ``n`` committed; only now acknowledge the sources.
 
 Recovery (:func:`finish_pending`) repeats steps 4 and 5 for a pending record, so a crash anywhere
@@ -33,6 +34,7 @@ from lakegate.core.errors import ReconciliationError
 from lakegate.runtime.faults import maybe_crash
 from lakegate.runtime.state import CheckpointRecord, StateStore
 from lakegate.sinks.commit import commit_checkpoint
+from lakegate.sinks.reclaim import ExpiredSnapshots
 from lakegate.sinks.tables import Granularity, TableManager
 from lakegate.sinks.writer import DataFileWriter, WrittenFile
 
@@ -84,6 +86,8 @@ class OpenCheckpoint:
     counts: Counts = field(default_factory=Counts)
     input_bytes: int = 0
     ingested_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    expired: list[ExpiredSnapshots] = field(default_factory=list)
+    """Snapshots step 4's commits expired (``sinks/reclaim.py`` deletes what only they referenced)."""
 
     @property
     def empty(self) -> bool:
@@ -157,7 +161,7 @@ def run_protocol(
     state.put_pending(record)
     maybe_crash("after_pending")
     # Steps 4 and 5 are exactly what recovery repeats.
-    finish_pending(
+    checkpoint.expired = finish_pending(
         record,
         state=state,
         tables=checkpoint.tables,
@@ -178,21 +182,22 @@ def finish_pending(
     acknowledge: Callable[[], None],
     written: Mapping[str, WrittenFile] | None = None,
     reload: bool = True,
-) -> None:
+) -> list[ExpiredSnapshots]:
     """Steps 4-5 for a pending record: commit each table (idempotently), mark, acknowledge.
 
     Recovery reloads every table first (``reload``). The runtime's own checkpoints commit on the
     tables as the previous checkpoint left them, with the footers their writers kept (``written``):
     a table changed meanwhile by someone else fails the catalog's check and is reloaded then
-    (``sinks/commit.py``).
+    (``sinks/commit.py``). Returns the snapshots the commits expired.
     """
     positions = orjson.dumps(record.source_positions).decode()
+    expired: list[ExpiredSnapshots] = []
     # Step 4: one Iceberg transaction per table; tables already at >= n are skipped.
     for index, (name, files) in enumerate(sorted(record.files.items())):
         table = tables.refresh(name) if reload else tables.get(name)
         if table is None:
             raise ReconciliationError(f"table {name} named by pending checkpoint {record.checkpoint_id} is gone")
-        commit_checkpoint(
+        result = commit_checkpoint(
             table,
             files,
             pipeline=pipeline,
@@ -201,6 +206,8 @@ def finish_pending(
             written=written,
             refresh=False,
         )
+        if result.expired is not None:
+            expired.append(result.expired)
         if index == 0:
             maybe_crash("mid_commit")
     maybe_crash("after_commit")
@@ -210,3 +217,4 @@ def finish_pending(
     maybe_crash("after_mark")
     acknowledge()
     maybe_crash("after_ack")
+    return expired

@@ -220,9 +220,10 @@ class Pipeline:
             for source in self.sources:
                 source.restore(None)
             return None
+        expired = []
         if record.status == "pending":
             log.warning("finishing checkpoint %d left pending by a crash", record.checkpoint_id)
-            finish_pending(
+            expired = finish_pending(
                 record,
                 state=self.state,
                 tables=self.tables,
@@ -238,7 +239,7 @@ class Pipeline:
         self._restore(record)
         current = self._rewind(record) if self.state.pending_rewinds() else record
         if self.cdc is not None:
-            self.cdc.after_recover(current)
+            self.cdc.after_recover(current, expired)
         return current.checkpoint_id
 
     def _rewind(self, record: CheckpointRecord) -> CheckpointRecord:
@@ -415,7 +416,7 @@ class Pipeline:
         if self.governance:
             self.governance.follow_active()
         if self.cdc is not None:
-            self.cdc.after_commit(self._positions)
+            self.cdc.after_commit(self._positions, checkpoint.expired)
 
     def _acknowledge_positions(self) -> None:
         for source in self.sources:

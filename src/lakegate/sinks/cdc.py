@@ -25,7 +25,11 @@ and a manifest every checkpoint for ever, slowing every commit and every current
 
 Both tables expire their older snapshots (``KEEP_SNAPSHOTS``, ``sinks/commit.py``): a changes table takes a
 commit every checkpoint, and its metadata, read by every commit and every query, would otherwise grow
-without end. The newest snapshot of each pipeline (the skip rule) and the newest watermark stay.
+without end. The newest snapshot of each pipeline (the skip rule) and the newest watermark stay. Neither
+the overwrite nor the trim deletes a file: the files they drop stay listed by the snapshots before them,
+and once those expire (a compaction returns what its own commit expired in ``CompactionResult.expired``)
+``sinks/reclaim.py`` deletes them from storage. Old metadata files go with every commit
+(``write.metadata.delete-after-commit.enabled``, the newest ``METADATA_VERSIONS_KEPT`` stay).
 
 Compaction is idempotent and safe under SIGKILL: data files are named after the target watermark and
 written before one atomic overwrite commit carrying the new watermark. A crash before the commit
@@ -56,7 +60,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pyarrow import fs as pafs
-from pyiceberg.exceptions import CommitFailedException
+from pyiceberg.exceptions import CommitFailedException, ValidationException
 from pyiceberg.io.pyarrow import PyArrowFileIO, parquet_file_to_data_file
 from pyiceberg.table import Table, TableProperties
 
@@ -71,6 +75,7 @@ from lakegate.sinks.commit import (
     newest_first,
     stage_expiry,
 )
+from lakegate.sinks.reclaim import ExpiredSnapshots, expired_snapshots
 from lakegate.sinks.tables import TableManager, file_schema
 from lakegate.sinks.writer import align
 
@@ -88,6 +93,11 @@ CHANGES_PROPERTY = "lakegate.cdc.changes-table"
 KEEP_SNAPSHOTS = 10
 """Snapshots a CDC table keeps (``lakegate.history.keep-snapshots``): a changes table takes one per
 checkpoint, and without expiry its metadata, so every commit and every read of it, grows without end."""
+
+METADATA_VERSIONS_KEPT = 30
+"""Previous metadata files a CDC table keeps (``write.metadata.previous-versions-max``; older ones are
+deleted by the commit that drops them from the log): half a minute of 1 s checkpoints, longer than a
+reader holds the metadata file it loaded for one query."""
 
 TRIMMED_PROPERTY = "lakegate.cdc.trimmed-through"
 """Summary property of a changes-table snapshot that dropped the files merged up to this watermark."""
@@ -244,7 +254,9 @@ def ensure_cdc_tables(
     """Create (or evolve) the tables of CDC table ``table`` and record mode and key as table properties.
 
     ``schema`` is the changes rows' schema (with ``_lg_change_seq``). The properties let the read
-    path (``lakegate.query.cdc_views``) find mirrors and their keys in the catalog alone.
+    path (``lakegate.query.cdc_views``) find mirrors and their keys in the catalog alone, bound the
+    snapshots (``KEEP_SNAPSHOTS``) and delete old metadata files with each commit
+    (``METADATA_VERSIONS_KEPT``); tables created before them get them too.
 
     Raises:
         ConfigError: mirror mode without a primary key (use ``changelog`` for keyless tables).
@@ -255,7 +267,12 @@ def ensure_cdc_tables(
     if missing:
         raise ConfigError(f"tables.{table}: primary key column(s) {missing} are not in the change rows")
     key_text = orjson.dumps(list(key_columns)).decode()
-    common = {KEY_PROPERTY: key_text, KEEP_SNAPSHOTS_PROPERTY: str(KEEP_SNAPSHOTS)}
+    common = {
+        KEY_PROPERTY: key_text,
+        KEEP_SNAPSHOTS_PROPERTY: str(KEEP_SNAPSHOTS),
+        TableProperties.METADATA_DELETE_AFTER_COMMIT_ENABLED: "true",
+        TableProperties.METADATA_PREVIOUS_VERSIONS_MAX: str(METADATA_VERSIONS_KEPT),
+    }
     if mode == "changelog":
         changes = tables.ensure(table, schema, None)
         return CdcTables(_set_properties(changes, {MODE_PROPERTY: "changelog", **common}), None)
@@ -483,6 +500,8 @@ class CompactionResult:
     files: list[str] = field(default_factory=list)
     stray_files_removed: int = 0
     change_files_trimmed: int = 0
+    expired: ExpiredSnapshots | None = None
+    """Mirror snapshots the compaction's commit expired (their files are for ``sinks/reclaim.py``)."""
     read_s: float = 0.0
     merge_s: float = 0.0
     write_s: float = 0.0
@@ -542,7 +561,7 @@ def compact_mirror(
         before_commit()
 
     clock = time.perf_counter()
-    result.outcome = _commit_overwrite(mirror, result.files, target, changes_table)
+    result.outcome, result.expired = _commit_overwrite(mirror, result.files, target, changes_table)
     result.commit_s = time.perf_counter() - clock
     if result.outcome == "compacted":
         # What the previous compaction merged is now two watermarks old: no reader still needs it.
@@ -570,8 +589,11 @@ def _write_mirror_files(mirror: Table, rows: pa.Table, watermark: int, target_fi
     return paths
 
 
-def _commit_overwrite(mirror: Table, files: list[str], watermark: int, changes: Table) -> CompactionOutcome:
-    """One atomic snapshot: every current data file out, the new files in, the new watermark."""
+def _commit_overwrite(
+    mirror: Table, files: list[str], watermark: int, changes: Table
+) -> tuple[CompactionOutcome, ExpiredSnapshots | None]:
+    """One atomic snapshot: every current data file out, the new files in, the new watermark, and the
+    expiry of the oldest snapshots (returned, for their files to be reclaimed)."""
     snapshot = changes.current_snapshot()
     properties = {
         WATERMARK_PROPERTY: str(watermark),
@@ -581,7 +603,7 @@ def _commit_overwrite(mirror: Table, files: list[str], watermark: int, changes: 
     for attempt in range(5):
         mirror.refresh()
         if mirror_watermark(mirror) >= watermark:
-            return "skipped"
+            return "skipped", None
         try:
             with mirror.transaction() as txn:
                 if txn.table_metadata.name_mapping() is None:
@@ -594,8 +616,10 @@ def _commit_overwrite(mirror: Table, files: list[str], watermark: int, changes: 
                             overwrite.delete_data_file(task.file)
                     for path in files:
                         overwrite.append_data_file(parquet_file_to_data_file(mirror.io, txn.table_metadata, path))
-                stage_expiry(txn, mirror.metadata, keep_snapshots(mirror), batch=1)
-            return "compacted"
+                base = mirror.metadata  # what the transaction was built on
+                expired = stage_expiry(txn, base, keep_snapshots(mirror), batch=1)
+                expiry = expired_snapshots(".".join(mirror.name()), base, expired)
+            return "compacted", expiry
         except CommitFailedException as err:
             if attempt == 4:
                 raise TransientError(f"compaction of {'.'.join(mirror.name())} kept conflicting: {err}") from err
@@ -611,7 +635,8 @@ def trim_merged_changes(changes: Table, watermark: int, attempts: int = 3) -> in
     Called with the watermark of the compaction *before* the one just committed: a reader holds the
     mirror it loaded first (its watermark at least that one) and then loads the changes table, so it never
     misses a change. A refused commit (a checkpoint committed meanwhile) is retried; after ``attempts``
-    the trim is left to the next compaction. Files are dropped from the table, not from storage.
+    the trim is left to the next compaction. Files are dropped from the table, not from storage: the
+    snapshots before the trim still list them until expiry drops those, and reclaim deletes them then.
     """
     if watermark < 0:
         return 0
@@ -634,7 +659,7 @@ def trim_merged_changes(changes: Table, watermark: int, attempts: int = 3) -> in
                     for data_file in merged:
                         overwrite.delete_data_file(data_file)
             return len(merged)
-        except CommitFailedException:
+        except (CommitFailedException, ValidationException):  # a checkpoint appended meanwhile
             time.sleep(0.05 * 2**attempt)
     return 0
 

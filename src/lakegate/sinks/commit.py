@@ -16,8 +16,10 @@ take a commit every checkpoint) drops its older snapshots inside a checkpoint's 
 metadata, and with it the cost of every commit and every read, stays bounded. Never dropped: the
 newest ``keep`` snapshots, the newest snapshot of every pipeline (the skip rule above), the newest
 carrying each of :data:`NEWEST_KEPT_PROPERTIES` (a mirror's compaction watermark), branch and tag
-heads. Expiry drops snapshots only; pyiceberg deletes no file, so readers bound to older metadata
-keep working.
+heads. Expiry drops snapshots from the metadata only: the commit returns the expired snapshots'
+manifest lists (:class:`~lakegate.sinks.reclaim.ExpiredSnapshots`, strings, no I/O here) and
+``sinks/reclaim.py`` deletes the files only they referenced later, off the checkpoint loop, after a
+grace that lets readers bound to the older metadata finish.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import random
 import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Literal
 
 from pyarrow import fs as pafs
@@ -70,6 +73,7 @@ from pyiceberg.table.update import (
 from pyiceberg.table.update.snapshot import ExpireSnapshots
 
 from lakegate.core.errors import TransientError
+from lakegate.sinks.reclaim import ExpiredSnapshots, expired_snapshots
 from lakegate.sinks.writer import WrittenFile, data_file_prefix
 
 log = logging.getLogger(__name__)
@@ -87,6 +91,14 @@ EXPIRE_BATCH = 10
 """Expire once this many snapshots are expirable, so most commits carry no removal at all."""
 
 CommitOutcome = Literal["committed", "skipped"]
+
+
+@dataclass(frozen=True)
+class CommitResult:
+    """What :func:`commit_checkpoint` did, and the snapshots its commit expired (their files are to reclaim)."""
+
+    outcome: CommitOutcome
+    expired: ExpiredSnapshots | None = None
 
 
 def newest_first(metadata: TableMetadata) -> list[Snapshot]:
@@ -192,23 +204,24 @@ def data_files_of(
 
 def _fast_append(
     table: Table, files: Sequence[str], properties: dict[str, str], written: Mapping[str, WrittenFile]
-) -> None:
+) -> ExpiredSnapshots | None:
     """One catalog commit: a manifest of ``files``, a manifest list, the snapshot on ``main`` and, when
-    due, the expiry of old snapshots.
+    due, the expiry of old snapshots (returned once committed).
 
     What pyiceberg's ``Transaction.add_files`` does, built once from ``table.metadata``: its snapshot
     producer re-applies and deep-copies the whole table metadata a dozen times per commit, which was
     most of a checkpoint's commit time (v1/v2 tables; newer formats take pyiceberg's own path).
     """
     metadata = table.metadata
+    identifier = ".".join(table.name())
     entries = data_files_of(table.io, metadata, files, written)
     if metadata.format_version > 2:
         with table.transaction() as txn:
             with txn.update_snapshot(snapshot_properties=properties).fast_append() as append:
                 for entry in entries:
                     append.append_data_file(entry)
-            stage_expiry(txn, metadata, keep_snapshots(table))
-        return
+            expiry = expired_snapshots(identifier, metadata, stage_expiry(txn, metadata, keep_snapshots(table)))
+        return expiry
     snapshot_id = metadata.new_snapshot_id()
     parent = metadata.snapshot_by_name(MAIN_BRANCH)
     commit_uuid = uuid.uuid4()
@@ -232,9 +245,7 @@ def _fast_append(
         ) as manifest:
             for entry in entries:
                 manifest.add(
-                    ManifestEntry.from_args(
-                        status=ManifestEntryStatus.ADDED, snapshot_id=snapshot_id, data_file=entry
-                    )
+                    ManifestEntry.from_args(status=ManifestEntryStatus.ADDED, snapshot_id=snapshot_id, data_file=entry)
                 )
         manifests = [manifest.to_manifest_file()]
         if parent is not None:  # a fast append keeps every manifest of the parent as it is
@@ -288,8 +299,11 @@ def _fast_append(
         ]
         keep = keep_snapshots(table)
         expired = expirable_snapshots(metadata, keep) if keep is not None else []
-        if len(expired) >= EXPIRE_BATCH:
+        if len(expired) < EXPIRE_BATCH:
+            expired = []
+        if expired:
             updates.append(RemoveSnapshotsUpdate(snapshot_ids=expired))  # type: ignore[call-arg]
+        expiry = expired_snapshots(identifier, metadata, expired)
         requirements = (
             AssertTableUUID(uuid=metadata.table_uuid),
             AssertRefSnapshotId(snapshot_id=parent.snapshot_id if parent else None, ref=MAIN_BRANCH),  # type: ignore[call-arg]
@@ -297,6 +311,7 @@ def _fast_append(
         committing = True
         # pyiceberg's commit tail: the catalog commit, then table.metadata updated and old metadata files pruned.
         table._do_commit(updates=tuple(updates), requirements=requirements)  # noqa: SLF001
+        return expiry
     except CommitFailedException:  # the catalog refused the commit: nothing references these files
         _delete_quietly(table, written_paths)
         raise
@@ -324,11 +339,12 @@ def commit_checkpoint(
     written: Mapping[str, WrittenFile] | None = None,
     refresh: bool = True,
     attempts: int = 20,
-) -> CommitOutcome:
+) -> CommitResult:
     """Append pre-written data files to ``table`` as checkpoint ``checkpoint_id``, once.
 
     ``written`` holds the footers the writer kept (by path); files without one are read. With
     ``refresh=False`` the first attempt trusts ``table`` as the caller left it (see the module doc).
+    The result names the snapshots the commit expired, whose files the caller hands to reclaim.
 
     Raises:
         TransientError: the catalog kept refusing the commit after ``attempts`` tries.
@@ -343,10 +359,9 @@ def commit_checkpoint(
         if refresh or attempt:
             table.refresh()
         if last_committed_checkpoint(table, pipeline) >= checkpoint_id:
-            return "skipped"
+            return CommitResult("skipped")
         try:
-            _fast_append(table, files, properties, written or {})
-            return "committed"
+            return CommitResult("committed", _fast_append(table, files, properties, written or {}))
         except CommitFailedException as err:
             last_error = err
         except ValueError as err:  # a concurrent expiry removed a snapshot this one meant to remove
