@@ -14,7 +14,9 @@ Steps (each on a private PostgreSQL started for the run, see ``tests/cdc/pg_serv
    process, 1 s checkpoints) takes its snapshot of the pgbench tables and a one-row probe table; then
    pgbench runs unthrottled (``pgbench_tps``, compare ``pgbench_tps_alone``) while a separate connection
    bumps the probe every 100 ms and a long-lived ``CurrentReader`` polls it through the always-current
-   read path: ``lag_p50_s``/``lag_p99_s`` from commit to visible. ``peak_rss_mb`` is the pipeline
+   read path: ``lag_p50_s``/``lag_p99_s`` from commit to visible, with the p99 per 30 s of load and
+   the read's own duration (``read_s_p99_per_30s``: it grows with the files the probe's changes table
+   holds until a compaction trims them). ``peak_rss_mb`` is the pipeline
    process's peak RSS (VmHWM); the bench process's own is ``bench_process_peak_rss_mb``.
    ``storage_files``/``storage_mb``: every file under the CDC tables' directories (data and metadata)
    when the load ends, with the largest file count sampled during the load (``storage_files_max``) and
@@ -297,6 +299,8 @@ def measure_end_to_end(server: PostgresServer, args: argparse.Namespace) -> dict
         probe.start()
         lags: list[float] = []
         lag_times: list[float] = []
+        read_seconds: list[float] = []
+        read_times: list[float] = []
         load_started = time.time()
         last = 0
         seen = 0
@@ -308,8 +312,11 @@ def measure_end_to_end(server: PostgresServer, args: argparse.Namespace) -> dict
                 probe.stop.set()
                 probe.join()
                 last = max(probe.committed, default=0)
+            read_started = time.perf_counter()
             visible = reader.read(PROBE_TABLE, columns="seq").column("seq").to_pylist()
             now = time.time()
+            read_times.append(now)
+            read_seconds.append(time.perf_counter() - read_started)
             polls += 1
             current = int(visible[0]) if visible else 0
             for seq in range(seen + 1, current + 1):
@@ -353,6 +360,14 @@ def measure_end_to_end(server: PostgresServer, args: argparse.Namespace) -> dict
         f"{k * 30}-{k * 30 + 30}s": round(sorted(v)[min(len(v) - 1, int(0.99 * len(v)))], 3)
         for k, v in sorted(by_segment.items())
     }
+    # The read path's own share of the lag: the probe read's duration, p99 per 30 s of load.
+    reads_by_segment: dict[int, list[float]] = {}
+    for at, seconds in zip(read_times, read_seconds, strict=True):
+        reads_by_segment.setdefault(int((at - load_started) // 30), []).append(seconds)
+    read_p99 = {
+        f"{k * 30}-{k * 30 + 30}s": round(sorted(v)[min(len(v) - 1, int(0.99 * len(v)))], 3)
+        for k, v in sorted(reads_by_segment.items())
+    }
 
     return {
         "lag_p50_s": percentile(0.50),
@@ -360,6 +375,7 @@ def measure_end_to_end(server: PostgresServer, args: argparse.Namespace) -> dict
         "lag_max_s": round(ordered[-1], 3) if ordered else None,
         "lag_samples": len(ordered),
         "lag_p99_per_30s": segment_p99,
+        "read_s_p99_per_30s": read_p99,
         "lag_polls": polls,
         "pgbench_tps": round(tps, 1),
         "pipeline_peak_rss_mb": None if peak is None else round(peak, 1),
@@ -424,6 +440,7 @@ def main(argv: list[str] | None = None) -> int:
         "lag_max_s": end_to_end["lag_max_s"],
         "lag_samples": end_to_end["lag_samples"],
         "lag_p99_per_30s": end_to_end["lag_p99_per_30s"],
+        "read_s_p99_per_30s": end_to_end["read_s_p99_per_30s"],
         "snapshot_s": end_to_end["snapshot_s"],
         "storage_files": end_to_end["storage_files"],
         "storage_mb": end_to_end["storage_mb"],
