@@ -114,3 +114,58 @@ def test_a_streaming_pipeline_keeps_only_the_files_its_tables_reach(
         pipeline.run(until_idle=True)
     current = read_current(catalog, spec.namespace, "m").select(["id", "v"]).to_pylist()
     assert sorted((row["id"], row["v"]) for row in current) == sorted(fetch(dsn, "SELECT id, v FROM m"))
+
+
+def test_expiries_still_in_their_grace_at_close_are_reclaimed_by_the_next_start(
+    pg_server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pipeline that stops (or dies) before an expiry's grace is over leaves its files: the next start
+    takes them back from the checkpointed state and the tables' metadata logs, and reclaims them.
+    The logs keep 3 versions here: the older expiries come back only through the state."""
+    monkeypatch.delenv("LAKEGATE_FAULT", raising=False)
+    monkeypatch.setattr(sinks_cdc, "KEEP_SNAPSHOTS", 2)
+    monkeypatch.setattr(sinks_cdc, "METADATA_VERSIONS_KEPT", 3)
+    monkeypatch.setattr(runtime_cdc, "RECLAIM_EVERY_S", 0.0)
+    dsn = database(pg_server, "reclaim_restart")
+    sql(dsn, "CREATE TABLE m (id int PRIMARY KEY, v int)", "INSERT INTO m SELECT g, 0 FROM generate_series(1, 500) g")
+    spec = load_spec(write_spec(tmp_path, dsn, ["m"], checkpoint={"interval": "0.2s", "compact_every": 2}))
+    catalog = open_catalog(spec.catalog, spec.data_dir)
+    with Pipeline(spec) as pipeline:
+        pipeline.run(until_idle=True)
+    for name in TABLES:  # nothing is reclaimed while the first pipeline runs
+        table = catalog.load_table(f"{spec.namespace}.{name}")
+        with table.transaction() as txn:
+            txn.set_properties({RECLAIM_GRACE_PROPERTY: "3600"})
+
+    stop = threading.Event()
+    writer = threading.Thread(target=_update_until, args=(dsn, stop), daemon=True)
+    with Pipeline(spec) as pipeline:
+        writer.start()
+        try:
+            checkpoints = 0
+            while checkpoints < 25:
+                checkpoints += pipeline.run(until_idle=False, max_seconds=2).checkpoints
+        finally:
+            stop.set()
+            writer.join()
+        assert pipeline.cdc is not None and pipeline.cdc.compactor is not None
+        pipeline.cdc.compactor.wait()
+        waiting = pipeline.cdc.compactor.awaiting_reclaim
+        assert waiting and pipeline.cdc.compactor.reclaimed.files == 0
+    leaked = {name: catalog.load_table(f"{spec.namespace}.{name}") for name in TABLES}
+    assert all(on_disk(t) - reachable(t) for t in leaked.values()), "expired files wait on disk"
+
+    with Pipeline(spec) as pipeline:  # a new process would do the same: nothing of the first is in memory
+        pipeline.run(until_idle=True)
+        assert pipeline.cdc is not None and pipeline.cdc.compactor is not None
+        compactor = pipeline.cdc.compactor
+        compactor.wait()
+        assert compactor.awaiting_reclaim, "the waiting expiries came back"
+        compactor.reclaim_now(time.monotonic() + 3600)  # their grace over
+        assert not compactor.awaiting_reclaim and not compactor.errors, compactor.errors
+        assert compactor.reclaimed.files > 0
+    for name in TABLES:
+        table = catalog.load_table(f"{spec.namespace}.{name}")
+        assert on_disk(table) == reachable(table), name
+    current = read_current(catalog, spec.namespace, "m").select(["id", "v"]).to_pylist()
+    assert sorted((row["id"], row["v"]) for row in current) == sorted(fetch(dsn, "SELECT id, v FROM m"))

@@ -14,6 +14,8 @@ A CDC source (``sources/postgres``, ``sources/mysql``) emits one batch per sourc
   rewrites ``T`` on a schedule (``sinks/cdc.py``); ``changelog`` rows go to ``T``;
 * **reclaim**: the snapshots a checkpoint's commits (and a compaction's) expired are handed to the
   compactor, which deletes the files only they referenced once their grace is over (``sinks/reclaim.py``);
+  those still waiting are kept in the checkpointed state, and a restart also takes what the tables'
+  metadata logs show their recent commits expired;
 * **redone snapshots** (PostgreSQL redoes an interrupted snapshot from scratch with a new slot): a mirror
   gets a truncate marker before the new snapshot's rows; a changelog table loses the old attempt's
   ``r`` rows at recovery.
@@ -60,7 +62,14 @@ from lakegate.sinks.cdc import (
     pending_changes,
     prepare_changes,
 )
-from lakegate.sinks.reclaim import ExpiredSnapshots, Reclaimer, ReclaimResult
+from lakegate.sinks.reclaim import (
+    ExpiredSnapshots,
+    Reclaimer,
+    ReclaimResult,
+    expired_in_metadata_log,
+    expiries_from_json,
+    expiries_to_json,
+)
 from lakegate.sinks.tables import TableManager
 
 log = logging.getLogger(__name__)
@@ -192,6 +201,8 @@ class CdcRuntime:
         self._needs_truncate: set[str] = set()
         """Mirror tables whose next snapshot rows start a redone snapshot (a truncate marker goes first)."""
         self.compactor = compactor
+        self._expiries_recovered = False
+        """Whether this process took in the expiries a previous one left (state, metadata logs)."""
 
     def handles(self, source_name: str) -> bool:
         return source_name in self.sources
@@ -205,20 +216,45 @@ class CdcRuntime:
     # -- state ------------------------------------------------------------------------------------
 
     def snapshot(self) -> bytes:
-        return orjson.dumps(
-            {"version": STATE_VERSION, "tables": {name: s.to_json() for name, s in sorted(self.states.items())}}
-        )
+        state: dict[str, Any] = {
+            "version": STATE_VERSION,
+            "tables": {name: s.to_json() for name, s in sorted(self.states.items())},
+        }
+        if self.compactor is not None:  # a restart reclaims what still waits for its grace
+            state["awaiting_reclaim"] = expiries_to_json(self.compactor.awaiting_reclaim)
+        return orjson.dumps(state)
 
     def restore(self, data: bytes) -> None:
         state = orjson.loads(data)
         if state.get("version") == STATE_VERSION:
             self.states = {name: TableState.from_json(s) for name, s in state.get("tables", {}).items()}
+            if self.compactor is not None and not self._expiries_recovered:
+                self.compactor.expire(expiries_from_json(state.get("awaiting_reclaim", [])))
+
+    def _recover_expiries(self) -> None:
+        """Once per process: what the CDC tables' recent commits expired (their metadata logs); the
+        checkpointed state gave what older ones left waiting. A leak avoided, nothing more: a table
+        that cannot be read is left to the next start."""
+        if self.compactor is None or self._expiries_recovered:
+            return
+        self._expiries_recovered = True
+        for name, state in sorted(self.states.items()):
+            for table_name in [name, changes_table_name(name)] if state.mode == "mirror" else [name]:
+                try:
+                    table = self.tables.refresh(table_name)
+                    expired = None if table is None else expired_in_metadata_log(".".join(table.name()), table)
+                except Exception as err:  # noqa: BLE001 - the files stay: a leak, never a wrong deletion
+                    log.warning("expired snapshots of %s not recovered from its metadata log: %s", table_name, err)
+                    continue
+                if expired is not None:
+                    self.compactor.expire([expired])
 
     def after_recover(self, record: CheckpointRecord, expired: Iterable[ExpiredSnapshots] = ()) -> None:
         """A PostgreSQL source recorded mid-snapshot redoes its snapshot: supersede the old attempt's rows.
         ``expired``: what finishing a pending checkpoint expired (reclaimed like any checkpoint's)."""
         if self.compactor is not None:
             self.compactor.expire(expired)
+        self._recover_expiries()
         for name, source in self.sources.items():
             position = record.source_positions.get(name)
             if not isinstance(source, PostgresSourceSpec) or not isinstance(position, dict):
@@ -644,8 +680,8 @@ class Compactor:
     It also reclaims storage: the snapshots that checkpoints and compactions expired (:meth:`expire`)
     wait in memory until their grace is over, then a pass (at most every ``reclaim_every_s``) deletes
     the files only they referenced, in the worker too (``sinks/reclaim.py``). What was reclaimed is
-    logged and totalled in :attr:`reclaimed`. Expiries still waiting when the process stops are
-    forgotten: their files stay in storage (a leak, never a wrong deletion).
+    logged and totalled in :attr:`reclaimed`. Expiries still waiting when the process stops are left
+    to the next start (``CdcRuntime``: the checkpointed state and the tables' metadata logs).
     """
 
     def __init__(
@@ -846,5 +882,5 @@ class Compactor:
         waiting = self.awaiting_reclaim
         if waiting:
             log.info(
-                "%d expired snapshot set(s) still within their grace are not reclaimed (their files stay)", len(waiting)
+                "%d expired snapshot set(s) still within their grace are left to the next start", len(waiting)
             )

@@ -23,10 +23,14 @@ become reachable again: every snapshot commit requires the branch head it was bu
 snapshot carries only manifests and files of the current head (reachable, so kept) or files written
 for it.
 
-What can leak, never what can be deleted wrongly: an expiry is remembered in memory only, so a crash
-(or a close) before its grace has passed forgets it and its files stay; so does the metadata file the
-catalog wrote for a commit it then refused (its name is the catalog's; the manifests of a refused
-commit are deleted by the committer: ``sinks/commit.py``, and pyiceberg's transactions).
+An expiry waits in memory for its grace, so a crash or a close can come first. The runtime keeps the
+waiting ones in its checkpointed state, and at start-up :func:`expired_in_metadata_log` finds those of
+the table's recent commits (the snapshots the metadata files still in the table's metadata log list
+and the current one does not), so both are reclaimed after a restart. What can still leak, never what
+can be deleted wrongly: an expiry older than the metadata log that the last checkpoint's state did not
+hold (a crash mid-reclaim), and the metadata file the catalog wrote for a commit it then refused (its
+name is the catalog's; the manifests of a refused commit are deleted by the committer:
+``sinks/commit.py``, and pyiceberg's transactions).
 """
 
 from __future__ import annotations
@@ -36,11 +40,14 @@ import posixpath
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import urlparse
 
 from pyiceberg.catalog import Catalog
 from pyiceberg.io import FileIO
 from pyiceberg.manifest import ManifestFile, read_manifest_list
+from pyiceberg.serializers import FromInputFile
+from pyiceberg.table import Table
 from pyiceberg.table.metadata import TableMetadata
 
 log = logging.getLogger(__name__)
@@ -88,6 +95,59 @@ def expired_snapshots(identifier: str, metadata: TableMetadata, snapshot_ids: It
         return None
     grace = reclaim_grace_s(metadata.properties)
     return ExpiredSnapshots(identifier, str(metadata.table_uuid), lists, time.monotonic() + grace)
+
+
+def expired_in_metadata_log(identifier: str, table: Table) -> ExpiredSnapshots | None:
+    """The snapshots the metadata files in ``table``'s metadata log list and its current metadata does
+    not (expired by its recent commits), with a full grace from now; None when there are none.
+
+    Their files may have been reclaimed already (they then count as missing). A metadata file that is
+    gone or unreadable is skipped: this only recovers what would otherwise leak.
+    """
+    current = {s.snapshot_id for s in table.metadata.snapshots}
+    lists: dict[str, None] = {}
+    for entry in table.metadata.metadata_log:
+        try:
+            old = FromInputFile.table_metadata(table.io.new_input(entry.metadata_file))
+        except Exception as err:  # noqa: BLE001 - deleted after commit, or unreadable: nothing to recover
+            log.debug("metadata file %s of %s not read: %s", entry.metadata_file, identifier, err)
+            continue
+        if old.table_uuid != table.metadata.table_uuid:
+            continue
+        lists.update((s.manifest_list, None) for s in old.snapshots if s.snapshot_id not in current)
+    if not lists:
+        return None
+    grace = reclaim_grace_s(table.properties)
+    return ExpiredSnapshots(identifier, str(table.metadata.table_uuid), tuple(lists), time.monotonic() + grace)
+
+
+def expiries_to_json(expired: Iterable[ExpiredSnapshots], now: float | None = None) -> list[dict[str, Any]]:
+    """Waiting expiries as JSON for a checkpoint's state: the grace left, not the clock reading."""
+    now = time.monotonic() if now is None else now
+    return [
+        {
+            "table": e.table,
+            "table_uuid": e.table_uuid,
+            "manifest_lists": list(e.manifest_lists),
+            "grace_left_s": max(e.reclaim_after - now, 0.0),
+        }
+        for e in expired
+    ]
+
+
+def expiries_from_json(data: Iterable[Mapping[str, Any]], now: float | None = None) -> list[ExpiredSnapshots]:
+    """Expiries from :func:`expiries_to_json`; the grace left is counted again from ``now`` (a restart
+    only makes it longer)."""
+    now = time.monotonic() if now is None else now
+    return [
+        ExpiredSnapshots(
+            str(item["table"]),
+            str(item["table_uuid"]),
+            tuple(str(path) for path in item["manifest_lists"]),
+            now + float(item["grace_left_s"]),
+        )
+        for item in data
+    ]
 
 
 @dataclass
