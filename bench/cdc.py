@@ -226,6 +226,17 @@ class Probe(threading.Thread):
         conn.close()
 
 
+def _p99_per_30s(times: list[float], values: list[float], start: float) -> dict[str, float]:
+    """The p99 of ``values`` per 30 s span of their ``times`` since ``start``."""
+    spans: dict[int, list[float]] = {}
+    for at, value in zip(times, values, strict=True):
+        spans.setdefault(int((at - start) // 30), []).append(value)
+    return {
+        f"{k * 30}-{k * 30 + 30}s": round(sorted(v)[min(len(v) - 1, int(0.99 * len(v)))], 3)
+        for k, v in sorted(spans.items())
+    }
+
+
 def measure_end_to_end(server: PostgresServer, args: argparse.Namespace) -> dict[str, Any]:
     """Commit in PostgreSQL -> visible through the always-current read path, under unthrottled pgbench.
 
@@ -352,22 +363,9 @@ def measure_end_to_end(server: PostgresServer, args: argparse.Namespace) -> dict
     def percentile(share: float) -> float | None:
         return round(ordered[min(len(ordered) - 1, int(share * len(ordered)))], 3) if ordered else None
 
-    # p99 per 30 s of load: does the lag stay put over a long run?
-    by_segment: dict[int, list[float]] = {}
-    for at, lag in zip(lag_times, lags, strict=True):
-        by_segment.setdefault(int((at - load_started) // 30), []).append(lag)
-    segment_p99 = {
-        f"{k * 30}-{k * 30 + 30}s": round(sorted(v)[min(len(v) - 1, int(0.99 * len(v)))], 3)
-        for k, v in sorted(by_segment.items())
-    }
-    # The read path's own share of the lag: the probe read's duration, p99 per 30 s of load.
-    reads_by_segment: dict[int, list[float]] = {}
-    for at, seconds in zip(read_times, read_seconds, strict=True):
-        reads_by_segment.setdefault(int((at - load_started) // 30), []).append(seconds)
-    read_p99 = {
-        f"{k * 30}-{k * 30 + 30}s": round(sorted(v)[min(len(v) - 1, int(0.99 * len(v)))], 3)
-        for k, v in sorted(reads_by_segment.items())
-    }
+    # p99 per 30 s of load: does the lag stay put over a long run? And the read path's own share of it.
+    segment_p99 = _p99_per_30s(lag_times, lags, load_started)
+    read_p99 = _p99_per_30s(read_times, read_seconds, load_started)
 
     return {
         "lag_p50_s": percentile(0.50),

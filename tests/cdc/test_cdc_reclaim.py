@@ -15,6 +15,7 @@ from pathlib import Path
 
 import psycopg2
 import pytest
+from pyiceberg.catalog import Catalog
 from pyiceberg.table import Table
 
 import lakegate.runtime.cdc as runtime_cdc
@@ -46,6 +47,13 @@ def _update_until(dsn: str, stop: threading.Event) -> None:
     conn.close()
 
 
+def _set_grace(catalog: Catalog, namespace: str, seconds: str) -> None:
+    for name in TABLES:
+        table = catalog.load_table(f"{namespace}.{name}")
+        with table.transaction() as txn:
+            txn.set_properties({RECLAIM_GRACE_PROPERTY: seconds})
+
+
 def _after_last_checkpoint(table: Table) -> int:
     """How many snapshots are newer than the newest one a checkpoint committed."""
     count = 0
@@ -72,10 +80,7 @@ def test_a_streaming_pipeline_keeps_only_the_files_its_tables_reach(
         assert pipeline.cdc is not None and pipeline.cdc.compactor is not None
         pipeline.cdc.compactor.wait()
         assert not pipeline.cdc.compactor.awaiting_reclaim
-    for name in TABLES:
-        table = catalog.load_table(f"{spec.namespace}.{name}")
-        with table.transaction() as txn:
-            txn.set_properties({RECLAIM_GRACE_PROPERTY: "0"})
+    _set_grace(catalog, spec.namespace, "0")
 
     stop = threading.Event()
     writer = threading.Thread(target=_update_until, args=(dsn, stop), daemon=True)
@@ -132,10 +137,7 @@ def test_expiries_still_in_their_grace_at_close_are_reclaimed_by_the_next_start(
     catalog = open_catalog(spec.catalog, spec.data_dir)
     with Pipeline(spec) as pipeline:
         pipeline.run(until_idle=True)
-    for name in TABLES:  # nothing is reclaimed while the first pipeline runs
-        table = catalog.load_table(f"{spec.namespace}.{name}")
-        with table.transaction() as txn:
-            txn.set_properties({RECLAIM_GRACE_PROPERTY: "3600"})
+    _set_grace(catalog, spec.namespace, "3600")  # nothing is reclaimed while the next pipeline runs
 
     stop = threading.Event()
     writer = threading.Thread(target=_update_until, args=(dsn, stop), daemon=True)
